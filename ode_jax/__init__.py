@@ -1,0 +1,13 @@
+"""ode_jax: Neural ODE solvers in JAX with adjoint gradients."""
+
+from ._adjoint import make_probe as make_probe
+from ._adjoint import probe_stats as probe_stats
+from ._control import PIDController as PIDController
+from ._control import rms_norm as rms_norm
+from ._odeint import odeint as odeint
+from ._solution import RESULTS as RESULTS
+from ._solution import Solution as Solution
+from ._solvers import SOLVERS as SOLVERS
+from ._solvers import RungeKutta as RungeKutta
+
+__version__ = "0.1.0"

@@ -1,0 +1,362 @@
+"""Reverse-mode gradients of a solve as ``custom_vjp`` rules.
+
+* Continuous adjoint (Chen et al. 2018, Algorithm 1): the forward pass keeps only the outputs.
+  The backward pass solves the augmented system [y, a_y, a_theta] backwards between consecutive
+  output times with ``odeint`` itself (so it can be differentiated again), restarting y from the
+  stored output at each output time and adding that output's cotangent to a_y.
+  Time gradients use the identity d/dt[a(t) . f(t, y(t))] = a . df/dt along the adjoint, which
+  gives dL/dt_0 = -a(t_0) . f(t_0, y_0) and dL/dt_i = g_i . f(t_i, y_i) (i >= 1) exactly; it is
+  equal to integrating the paper's a_t component but costs no extra augmented state.
+* Discrete adjoint: the forward loop records every accepted step's (t, dt) and a thinned set of
+  states; the backward pass walks the steps in reverse, recomputing each step's stages and
+  applying its VJP (and the VJP of every dense output written from it). Step sizes are held
+  fixed (the gradient of the computed map for the accepted step sequence).
+
+Backward statistics: every solve takes a float array ``probe`` of shape (4,) whose cotangent is
+set to the backward pass's [nfe, num_steps, num_accepted, num_rejected]. Differentiating with
+respect to a zero probe therefore reads the statistics out of the gradient: it works under
+jit/vmap with no host callbacks, and sums over every solve the probe is passed to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._control import PIDController, rms_norm
+from ._loop import Recorder, integrate
+from ._solution import RESULTS
+from ._solvers import RungeKutta, dense_weights, lincomb, rk_step
+
+
+@dataclasses.dataclass(frozen=True)
+class AdjointConfig:
+    kind: str
+    method: RungeKutta
+    adjoint_method: RungeKutta
+    controller: PIDController
+    norm: Callable
+    seminorm: bool
+    max_steps: int
+    adjoint_max_steps: int
+    checkpoints: int | None
+
+
+def make_probe(dtype=None) -> jax.Array:
+    """A zero probe; the gradient of a loss w.r.t. it holds the backward-pass statistics."""
+    return jnp.zeros((4,), dtype or jnp.result_type(float))
+
+
+def probe_stats(probe_grad) -> dict:
+    """Turn a probe's gradient into {"nfe", "num_steps", "num_accepted", "num_rejected"}."""
+    keys = ("nfe", "num_steps", "num_accepted", "num_rejected")
+    return {k: jnp.round(probe_grad[..., i]).astype(jnp.int32) for i, k in enumerate(keys)}
+
+
+def _stats_vector(stats, dtype):
+    keys = ("nfe", "num_steps", "num_accepted", "num_rejected")
+    return jnp.stack([jnp.asarray(stats[k], dtype) for k in keys])
+
+
+def _tree_dot(a, b):
+    return sum(jnp.real(jnp.sum(x * y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _take(tree, i):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def _zeros_like(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
+
+
+def _add(a, b):
+    return jax.tree.map(lambda x, y: x + y, a, b)
+
+
+def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
+    """Solve forwards (ts increasing) under a custom_vjp; returns (ys, stats, result)."""
+    fconv = eqx.filter_closure_convert(f, ts[0], y0, args)
+    diff, static = eqx.partition((fconv, args), eqx.is_inexact_array)
+
+    def vf(t, y, d):
+        # Under AD, JAX may hand custom_vjp rules weakly-typed Python scalars; make them arrays
+        # again so the closure-converted function sees the avals it was traced with.
+        fc, a = eqx.combine(jax.tree.map(jnp.asarray, d), static)
+        return fc(t, y, a)
+
+    def forward(y0, ts, d, tols, recorder=None):
+        rtol, atol, dt0 = tols[:3]
+        return integrate(
+            config.method,
+            lambda t, y, d_: vf(t, y, d_),
+            y0,
+            ts,
+            d,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            max_steps=config.max_steps,
+            controller=config.controller,
+            norm=config.norm,
+            recorder=recorder,
+        )
+
+    @jax.custom_vjp
+    def core(y0, ts, d, tols, probe):
+        ys, stats, result, _ = forward(y0, ts, d, tols)
+        return ys, stats, result
+
+    if config.kind == "continuous":
+
+        def core_fwd(y0, ts, d, tols, probe):
+            ys, stats, result, _ = forward(y0, ts, d, tols)
+            return (ys, stats, result), (ys, ts, d, tols, probe)
+
+        def core_bwd(res, cts):
+            return _continuous_bwd(vf, config, res, cts[0])
+
+    else:
+        n_ck, n_local = _checkpoint_sizes(config.max_steps, config.checkpoints)
+
+        def core_fwd(y0, ts, d, tols, probe):
+            recorder = _StepRecorder(config.max_steps, n_ck)
+            ys, stats, result, aux = forward(y0, ts, d, tols, recorder)
+            return (ys, stats, result), (y0, ts, d, tols, probe, stats, aux)
+
+        def core_bwd(res, cts):
+            return _discrete_bwd(vf, config, n_local, res, cts[0])
+
+    core.defvjp(core_fwd, core_bwd)
+    return core(y0, ts, diff, tols, probe)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuous adjoint.
+
+
+def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
+    from ._odeint import odeint  # the backward solve is itself an odeint (differentiable)
+
+    ys, ts, d, tols, probe = res
+    n = ts.shape[0]
+    adj_rtol, adj_atol = tols[3], tols[4]
+    y0 = _take(ys, 0)
+
+    def aug(t, state, d_):
+        y, a_y, _ = state
+        fy, pull = jax.vjp(lambda y_, dd: vf(t, y_, dd), y, d_)
+        gy, gd = pull(a_y)
+        return fy, jax.tree.map(jnp.negative, gy), jax.tree.map(jnp.negative, gd)
+
+    def seminorm(err):
+        return rms_norm((err[0], err[1]))
+
+    def interval(carry, i):
+        a_y, a_d, stats, result = carry
+        y_i, g_i = _take(ys, i), _take(g_ys, i)
+        a_y = _add(a_y, g_i)
+        g_t = _tree_dot(g_i, vf(ts[i], y_i, d))
+        sol = odeint(
+            aug,
+            (y_i, a_y, a_d),
+            jnp.stack([ts[i], ts[i - 1]]),
+            d,
+            solver=config.adjoint_method,
+            rtol=adj_rtol,
+            atol=adj_atol,
+            dt0=tols[2],
+            max_steps=config.adjoint_max_steps,
+            controller=config.controller,
+            norm=seminorm if config.seminorm else config.norm,
+            adjoint="continuous",
+            seminorm=config.seminorm,
+            throw=False,
+        )
+        _, a_y, a_d = _take(sol.ys, -1)
+        stats = stats + _stats_vector(sol.stats, stats.dtype) + jnp.array([1, 0, 0, 0], stats.dtype)
+        result = jnp.maximum(result, sol.result)
+        return (a_y, a_d, stats, result), g_t
+
+    carry = (_zeros_like(y0), _zeros_like(d), jnp.zeros_like(probe), jnp.asarray(0, jnp.int32))
+    if n > 1:
+        carry, g_t_rev = jax.lax.scan(interval, carry, jnp.arange(n - 1, 0, -1))
+        a_y, a_d, stats, result = carry
+        g_t0 = -_tree_dot(a_y, vf(ts[0], y0, d))
+        g_ts = jnp.concatenate([g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)])
+        stats = stats + jnp.array([1, 0, 0, 0], stats.dtype)
+    else:
+        a_y, a_d, stats, result = carry
+        g_ts = jnp.zeros_like(ts)
+    a_y = _add(a_y, _take(g_ys, 0))
+    a_y = _raise_if_backward_failed(a_y, result)
+    return a_y, g_ts, a_d, _zeros_like(tols), stats
+
+
+def _raise_if_failed_msgs():
+    return [f"ode_jax backward (adjoint) solve: {m}" for m in RESULTS.messages]
+
+
+def _raise_if_backward_failed(tree, result):
+    return eqx.branched_error_if(tree, result != 0, result, _raise_if_failed_msgs())
+
+
+# ---------------------------------------------------------------------------------------------
+# Discrete adjoint.
+
+
+def _checkpoint_sizes(max_steps: int, checkpoints: int | None):
+    """(number of stored states K, size S of the segment recompute buffer), K * S >= max_steps."""
+    if checkpoints is None:
+        checkpoints = 2 ** max(1, math.ceil(math.log2(math.sqrt(max_steps))))
+    k = 2 ** max(1, math.ceil(math.log2(checkpoints)))  # power of two: thinning halves it
+    k = min(k, 2 ** max(1, math.ceil(math.log2(max_steps))))
+    s = 1
+    while k * s < max_steps:
+        s *= 2
+    return k, s
+
+
+class _StepRecorder(Recorder):
+    """Records (t, dt) of every accepted step and y at every ``stride``-th one.
+
+    When the K state slots fill up, every other one is dropped and the stride doubles, so any
+    number of steps up to max_steps fits in K states (and segments of at most S = max_steps / K
+    steps are recomputed in the backward pass).
+    """
+
+    def __init__(self, max_steps, n_ck):
+        self.max_steps = max_steps
+        self.n_ck = n_ck
+
+    def init(self, y0, ts):
+        k = self.n_ck
+        return dict(
+            step_t=jnp.zeros((self.max_steps + 1,), ts.dtype),  # last slot: scratch for rejects
+            step_dt=jnp.zeros((self.max_steps + 1,), ts.dtype),
+            ck=jax.tree.map(lambda y: jnp.zeros((k + 1,) + y.shape, y.dtype), y0),
+            stride=jnp.asarray(1, jnp.int32),
+            out_step=jnp.zeros((ts.shape[0],), jnp.int32),
+        )
+
+    def on_accept(self, aux, accept, step, t, dt, y):
+        k = self.n_ck
+        slot_t = jnp.where(accept, step, self.max_steps)
+        step_t = aux["step_t"].at[slot_t].set(t)
+        step_dt = aux["step_dt"].at[slot_t].set(dt)
+        stride = aux["stride"]
+        store = accept & (step % stride == 0)
+        thin = store & (step // stride == k)
+
+        def thin_fn(ck_stride):
+            ck, s = ck_stride
+            ck = jax.tree.map(lambda b: b.at[: k // 2].set(b[0:k:2]), ck)
+            return ck, s * 2
+
+        ck, stride = jax.lax.cond(thin, thin_fn, lambda c: c, (aux["ck"], stride))
+        slot = jnp.where(store, step // stride, k)  # slot k is scratch
+        ck = jax.tree.map(lambda b, v: b.at[slot].set(v), ck, y)
+        return dict(step_t=step_t, step_dt=step_dt, ck=ck, stride=stride, out_step=aux["out_step"])
+
+    def on_output(self, aux, index, step):
+        return {**aux, "out_step": aux["out_step"].at[index].set(step)}
+
+
+def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
+    y0, ts, d, tols, probe, stats, aux = res
+    method = config.method
+    n_out = ts.shape[0]
+    n_acc = stats["num_accepted"]
+    stride = aux["stride"]
+    step_t, step_dt, ck, out_step = aux["step_t"], aux["step_dt"], aux["ck"], aux["out_step"]
+    evals = method.stages
+    sdtype = probe.dtype
+
+    def step_fn(y, d_, t, dt):
+        y1, _, ks = rk_step(method, lambda t_, y_, a: vf(t_, y_, a), t, y, dt, d_, None)
+        return y1, ks
+
+    def segment(carry):
+        j, a_y, a_d, g_ts, oi, nfe = carry
+        start = j * stride
+        end = jnp.minimum(start + stride, n_acc)
+        local = jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck)
+        local = jax.tree.map(lambda buf, b: buf.at[0].set(b[j]), local, ck)
+
+        def recompute(c):
+            m, local = c
+            n = start + m - 1
+            y_prev = _take(local, m - 1)
+            y1, _ = step_fn(y_prev, d, step_t[n], step_dt[n])
+            return m + 1, jax.tree.map(lambda buf, v: buf.at[m].set(v), local, y1)
+
+        _, local = jax.lax.while_loop(lambda c: c[0] < end - start, recompute, (1, local))
+        nfe = nfe + (end - start - 1) * evals
+
+        def walk(c):
+            n, a_y, a_d, g_ts, oi = c
+            t_n, dt_n = step_t[n], step_dt[n]
+            y_n = _take(local, n - start)
+            (y1, ks), pull = jax.vjp(lambda y, dd, t: step_fn(y, dd, t, dt_n), y_n, d, t_n)
+            zeros_ks = [_zeros_like(k) for k in ks]
+
+            def out_cond(c2):
+                oi = c2[0]
+                return (oi >= 1) & (out_step[jnp.maximum(oi, 0)] == n)
+
+            def out_body(c2):
+                oi, ct_y, ct_ks, g_ts, g_tn = c2
+                g = _take(g_ys, oi)
+                theta = (ts[oi] - t_n) / dt_n
+                w = dense_weights(method, theta)
+                dw = dense_weights(method, theta, derivative=True)
+                ct_y = _add(ct_y, g)
+                ct_ks = [
+                    k
+                    if (isinstance(wi, float) and wi == 0.0)
+                    else lincomb(k, dt_n * wi, [1.0], [g])
+                    for k, wi in zip(ct_ks, w)
+                ]
+                dval = (
+                    lincomb(None, 1.0, dw, ks)
+                    if any(not (isinstance(x, float) and x == 0.0) for x in dw)
+                    else _zeros_like(g)
+                )
+                g_theta = _tree_dot(g, dval)  # dL/dts[oi]; t_n gets the negative
+                g_ts = g_ts.at[oi].add(g_theta.astype(g_ts.dtype))
+                return oi - 1, ct_y, ct_ks, g_ts, g_tn - g_theta
+
+            init = (oi, _zeros_like(y_n), zeros_ks, g_ts, jnp.zeros((), ts.dtype))
+            oi, ct_y, ct_ks, g_ts, g_tn = jax.lax.while_loop(out_cond, out_body, init)
+            gy, gd, gt = pull((a_y, ct_ks))
+            a_y = _add(gy, ct_y)
+            a_d = _add(a_d, gd)
+            g_ts = g_ts.at[0].add((gt + g_tn).astype(g_ts.dtype))  # t_n = ts[0] + sum of dts
+            return n - 1, a_y, a_d, g_ts, oi
+
+        _, a_y, a_d, g_ts, oi = jax.lax.while_loop(
+            lambda c: c[0] >= start, walk, (end - 1, a_y, a_d, g_ts, oi)
+        )
+        nfe = nfe + (end - start) * 2 * evals
+        return j - 1, a_y, a_d, g_ts, oi, nfe
+
+    n_seg = (n_acc + stride - 1) // stride
+    init = (
+        n_seg - 1,
+        _zeros_like(y0),
+        _zeros_like(d),
+        jnp.zeros_like(ts),
+        jnp.asarray(n_out - 1, jnp.int32),
+        jnp.asarray(0, jnp.int32),
+    )
+    _, a_y, a_d, g_ts, _, nfe = jax.lax.while_loop(lambda c: c[0] >= 0, segment, init)
+    a_y = _add(a_y, _take(g_ys, 0))
+    probe_ct = jnp.stack(
+        [nfe.astype(sdtype), n_acc.astype(sdtype), n_acc.astype(sdtype), jnp.zeros((), sdtype)]
+    )
+    return a_y, g_ts, a_d, _zeros_like(tols), probe_ct

@@ -1,0 +1,93 @@
+"""Error norms, the initial step (Hairer's algorithm) and the PID step-size controller."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+
+def rms_norm(tree) -> jax.Array:
+    """Root-mean-square over every element of every leaf of a pytree (complex: modulus)."""
+    leaves = jax.tree.leaves(tree)
+    total = sum(jnp.sum(jnp.real(x * jnp.conj(x))) for x in leaves)
+    size = sum(x.size for x in leaves)
+    return jnp.sqrt(total / max(size, 1))
+
+
+def scaled_error(y0, y1, y_err, rtol, atol, norm) -> jax.Array:
+    """norm(err / (atol + rtol * max(|y0|, |y1|))): a step is accepted when this is <= 1."""
+
+    def scale(e, a, b):
+        return e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+
+    return norm(jax.tree.map(scale, y_err, y0, y1))
+
+
+def initial_step(f, t0, y0, args, f0, order, rtol, atol, norm):
+    """Hairer, Norsett & Wanner (1993), Section II.4: one extra evaluation of f.
+
+    Returns the proposed first step size (positive; integration runs forwards in time).
+    """
+    scale = jax.tree.map(lambda y: atol + jnp.abs(y) * rtol, y0)
+    d0 = norm(jax.tree.map(lambda y, s: y / s, y0, scale))
+    d1 = norm(jax.tree.map(lambda g, s: g / s, f0, scale))
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)).astype(t0.dtype)
+    y1 = jax.tree.map(lambda y, g: y + h0.astype(y.dtype) * g, y0, f0)
+    f1 = f(t0 + h0, y1, args)
+    d2 = norm(jax.tree.map(lambda a, b, s: (a - b) / s, f1, f0, scale)) / h0
+    max_d = jnp.maximum(d1, d2)
+    h1 = jnp.where(
+        max_d <= 1e-15,
+        jnp.maximum(1e-6, h0 * 1e-3),
+        (0.01 / jnp.where(max_d <= 1e-15, 1.0, max_d)) ** (1.0 / order),
+    )
+    return jnp.minimum(100 * h0, h1.astype(t0.dtype))
+
+
+@dataclasses.dataclass(frozen=True)
+class PIDController:
+    """Step-size controller: dt_new = dt * clip(safety * e_n^-(p+i)/k * e_{n-1}^(p/k), ...).
+
+    ``e_n`` is the scaled error of this step and ``k`` the method's order. The default
+    (pcoeff=0, icoeff=1) is the classical integral controller used by diffrax, torchdiffeq and
+    Hairer's codes; pcoeff=0.4, icoeff=0.3 is a PI controller often better for neural ODEs.
+
+    Attributes:
+        pcoeff, icoeff: proportional and integral coefficients.
+        factormin, factormax: bounds on dt_new / dt after an accepted step.
+        safety: safety factor (< 1). After a rejected step the factor is at most ``safety``.
+    """
+
+    pcoeff: float = 0.0
+    icoeff: float = 1.0
+    factormin: float = 0.2
+    factormax: float = 10.0
+    safety: float = 0.9
+
+    def __post_init__(self):
+        for name in ("pcoeff", "icoeff"):
+            if not 0 <= getattr(self, name) < 10:
+                raise ValueError(f"PIDController: {name}={getattr(self, name)} must be in [0, 10)")
+        if not 0 < self.factormin < 1 < self.factormax:
+            raise ValueError(
+                f"PIDController: need 0 < factormin ({self.factormin}) < 1 < factormax "
+                f"({self.factormax})"
+            )
+        if not 0 < self.safety <= 1:
+            raise ValueError(f"PIDController: safety={self.safety} must be in (0, 1]")
+
+    def factor(self, err, prev_err, accept, order):
+        """Multiplicative update of the step size; err/prev_err are scaled errors (>= 0)."""
+        tiny = jnp.finfo(jnp.result_type(err)).tiny
+        inv = 1.0 / jnp.maximum(err, tiny)
+        inv_prev = 1.0 / jnp.maximum(prev_err, tiny)
+        factor = self.safety * inv ** ((self.pcoeff + self.icoeff) / order)
+        if self.pcoeff:
+            factor = factor * inv_prev ** (-self.pcoeff / order)
+        lo = self.factormin
+        hi = jnp.where(accept, self.factormax, self.safety)
+        factor = jnp.clip(factor, lo, hi)
+        return jnp.where(jnp.isfinite(err), factor, self.factormin)

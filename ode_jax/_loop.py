@@ -1,0 +1,205 @@
+"""The one adaptive stepping loop: a ``lax.while_loop`` over a state pytree.
+
+Integration always runs forwards in time here (``ts`` strictly increasing); ``odeint`` maps a
+backwards solve onto this by flipping the sign of time. Outputs are written with the method's
+dense output, so steps need not land on the output times (fixed-step methods do land on them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from ._control import PIDController, initial_step, scaled_error
+from ._solution import RESULTS
+from ._solvers import RungeKutta, dense_eval, rk_step
+
+
+class Recorder:
+    """Hooks that let an adjoint record what it needs of the forward solve (no-ops here)."""
+
+    def init(self, y0, ts):
+        return None
+
+    def on_accept(self, aux, accept, step, t, dt, y):
+        """Called for every attempted step; ``accept`` says whether step number ``step``
+        (0-based count of accepted steps) from (t, y) with size dt was accepted."""
+        return aux
+
+    def on_output(self, aux, index, step):
+        """Called when output ``index`` is written from accepted step ``step``."""
+        return aux
+
+
+class _State(eqx.Module):
+    t: jax.Array
+    y: Any
+    dt: jax.Array
+    f0: Any
+    prev_err: jax.Array
+    index: jax.Array  # next output to write
+    ys: Any
+    nfe: jax.Array
+    num_steps: jax.Array
+    num_accepted: jax.Array
+    num_rejected: jax.Array
+    nonfinite: jax.Array  # the last rejection was caused by a non-finite error estimate
+    result: jax.Array
+    aux: Any
+
+
+def _where(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def integrate(
+    method: RungeKutta,
+    f: Callable,
+    y0,
+    ts: jax.Array,
+    args,
+    *,
+    rtol,
+    atol,
+    dt0,
+    max_steps: int,
+    controller: PIDController,
+    norm: Callable,
+    recorder: Recorder | None = None,
+):
+    """Solve from ts[0] to ts[-1] (strictly increasing) and return (ys, stats, result, aux)."""
+    recorder = recorder or Recorder()
+    tdtype = ts.dtype
+    n_out = ts.shape[0]
+    t0, t_end = ts[0], ts[-1]
+    i32 = jnp.int32
+
+    def init_ys(leaf):
+        buf = jnp.full((n_out,) + leaf.shape, jnp.nan, leaf.dtype)
+        return buf.at[0].set(leaf)
+
+    ys = jax.tree.map(init_ys, y0)
+    nfe = 0
+    f0 = None
+    if method.fsal or method.adaptive:
+        f0 = f(t0, y0, args)
+        nfe += 1
+    if method.adaptive:
+        if dt0 is None:
+            dt_init = initial_step(f, t0, y0, args, f0, method.order, rtol, atol, norm)
+            nfe += 1
+        else:
+            dt_init = jnp.asarray(dt0, tdtype)
+    else:
+        dt_init = jnp.asarray(dt0, tdtype)
+    if not method.fsal:
+        f0 = None  # non-FSAL methods evaluate their first stage inside each step
+
+    state = _State(
+        t=t0,
+        y=y0,
+        dt=jnp.asarray(dt_init, tdtype),
+        f0=f0,
+        prev_err=jnp.ones((), tdtype),
+        index=jnp.asarray(1, i32),
+        ys=ys,
+        nfe=jnp.asarray(nfe, i32),
+        num_steps=jnp.asarray(0, i32),
+        num_accepted=jnp.asarray(0, i32),
+        num_rejected=jnp.asarray(0, i32),
+        nonfinite=jnp.asarray(False),
+        result=jnp.asarray(RESULTS.successful, i32),
+        aux=recorder.init(y0, ts),
+    )
+
+    def cond(s):
+        return (s.t < t_end) & (s.result == RESULTS.successful) & (s.num_steps < max_steps)
+
+    def write_outputs(s, accept, aux, t1, y1, ks, dt):
+        """Write every output time in (s.t, t1] from the accepted step's dense output."""
+
+        def out_cond(c):
+            index, _, _ = c
+            return accept & (index < n_out) & (ts[jnp.minimum(index, n_out - 1)] <= t1)
+
+        def out_body(c):
+            index, ys, aux = c
+            t_out = ts[index]
+            theta = (t_out - s.t) / dt
+            val = _where(t_out >= t1, y1, dense_eval(method, s.y, ks, dt, theta))
+            ys = jax.tree.map(lambda buf, v: buf.at[index].set(v), ys, val)
+            aux = recorder.on_output(aux, index, s.num_accepted)
+            return index + 1, ys, aux
+
+        return jax.lax.while_loop(out_cond, out_body, (s.index, s.ys, aux))
+
+    def body(s):
+        target = t_end if method.adaptive else ts[jnp.minimum(s.index, n_out - 1)]
+        dt = jnp.minimum(s.dt, target - s.t)
+        t1 = s.t + dt
+        t1 = jnp.where(t1 >= target, target, t1)
+        dt = t1 - s.t
+        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0)
+        nfe = s.nfe + method.evals_per_step
+
+        if method.adaptive:
+            err = scaled_error(s.y, y1, y_err, rtol, atol, norm)
+            finite = jnp.isfinite(err)
+            accept = finite & (err <= 1.0)
+            factor = controller.factor(err, s.prev_err, accept, method.order)
+            dt_next = (dt * factor).astype(tdtype)
+            prev_err = jnp.where(accept, err, s.prev_err)
+            tiny = 16 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(s.t), jnp.abs(t_end))
+            underflow = (~accept) & (dt_next < tiny)
+            failed = jnp.where(
+                ~finite | s.nonfinite, RESULTS.nonfinite, RESULTS.step_size_underflow
+            )
+            result = jnp.where(underflow, failed, s.result).astype(i32)
+            nonfinite = jnp.where(accept, False, ~finite)
+        else:
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y1)]))
+            accept = finite
+            dt_next = s.dt
+            prev_err = s.prev_err
+            result = jnp.where(finite, s.result, RESULTS.nonfinite).astype(i32)
+            nonfinite = ~finite
+
+        aux = recorder.on_accept(s.aux, accept, s.num_accepted, s.t, dt, s.y)
+        index, ys, aux = write_outputs(s, accept, aux, t1, y1, ks, dt)
+        t = jnp.where(accept, t1, s.t)
+        y = _where(accept, y1, s.y)
+        f0 = _where(accept, ks[-1], s.f0) if method.fsal else None
+        return _State(
+            t=t,
+            y=y,
+            dt=dt_next,
+            f0=f0,
+            prev_err=prev_err,
+            index=index,
+            ys=ys,
+            nfe=nfe,
+            num_steps=s.num_steps + 1,
+            num_accepted=s.num_accepted + accept.astype(i32),
+            num_rejected=s.num_rejected + (~accept).astype(i32),
+            nonfinite=nonfinite,
+            result=result,
+            aux=aux,
+        )
+
+    state = jax.lax.while_loop(cond, body, state)
+    result = jnp.where(
+        (state.result == RESULTS.successful) & (state.t < t_end),
+        RESULTS.max_steps_reached,
+        state.result,
+    ).astype(i32)
+    stats = {
+        "nfe": state.nfe,
+        "num_steps": state.num_steps,
+        "num_accepted": state.num_accepted,
+        "num_rejected": state.num_rejected,
+    }
+    return state.ys, stats, result, state.aux

@@ -1,0 +1,265 @@
+"""The public entry point: validate input, map a backwards solve onto a forwards one, dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._adjoint import AdjointConfig, solve_with_adjoint
+from ._control import PIDController, rms_norm
+from ._solution import Solution, raise_if_failed
+from ._solvers import get_solver
+
+ADJOINTS = ("continuous", "discrete")
+
+
+def _is_concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _check_positive(name, value, *, allow_zero=False):
+    """Trace-time check of a concrete scalar; traced values are checked at run time instead."""
+    if value is None or not _is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if arr.ndim != 0:
+        raise ValueError(f"{name} must be a scalar, got shape {arr.shape}")
+    bad = not np.isfinite(arr) or (arr < 0 if allow_zero else arr <= 0)
+    if bad:
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"{name} must be finite and {kind}, got {value!r}")
+
+
+def _runtime_positive(name, value, tree):
+    if value is None or _is_concrete(value):
+        return tree
+    bad = ~jnp.isfinite(value) | (value <= 0)
+    return eqx.error_if(tree, bad, f"ode_jax.odeint: {name} must be finite and positive")
+
+
+def _validate_y0(y0):
+    leaves, treedef = jax.tree.flatten(y0)
+    if not leaves:
+        raise ValueError("y0 must contain at least one array")
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(y0)[0]:
+        arr = jnp.asarray(leaf)
+        if not (
+            jnp.issubdtype(arr.dtype, jnp.floating)
+            or jnp.issubdtype(arr.dtype, jnp.complexfloating)
+        ):
+            where = jax.tree_util.keystr(path) or "(root)"
+            raise TypeError(
+                f"y0{where} has dtype {arr.dtype}; the state must be floating point or complex "
+                "(use e.g. jnp.asarray(y0, float))"
+            )
+        out.append(arr)
+    return jax.tree.unflatten(treedef, out)
+
+
+def _validate_ts(ts):
+    ts = jnp.asarray(ts)
+    if ts.ndim != 1 or ts.shape[0] < 1:
+        raise ValueError(f"ts must be a 1-d array with at least one time, got shape {ts.shape}")
+    if not jnp.issubdtype(ts.dtype, jnp.floating):
+        if jnp.issubdtype(ts.dtype, jnp.complexfloating):
+            raise TypeError("ts must be real, got a complex array")
+        ts = ts.astype(jnp.result_type(float))
+    if _is_concrete(ts) and ts.shape[0] > 1:
+        t = np.asarray(ts)
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"ts must be finite, got {t}")
+        d = np.diff(t)
+        if not (np.all(d > 0) or np.all(d < 0)):
+            i = int(np.argmax(np.sign(d) != np.sign(d[0]))) if np.any(d != 0) else 0
+            if d[0] == 0:
+                i = 0
+            raise ValueError(
+                "ts must be strictly increasing or strictly decreasing; found "
+                f"ts[{i}]={t[i]}, ts[{i + 1}]={t[i + 1]}, ts[{i + 2 if i + 2 < len(t) else i + 1}]"
+                f"={t[min(i + 2, len(t) - 1)]}"
+            )
+    return ts
+
+
+def _check_ts_runtime(ts, tree):
+    if _is_concrete(ts) or ts.shape[0] < 2:
+        return tree
+    d = jnp.diff(ts)
+    bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
+    return eqx.error_if(
+        tree, bad, "ode_jax.odeint: ts must be finite and strictly increasing or decreasing"
+    )
+
+
+def _check_vector_field(f, t0, y0, args):
+    try:
+        out = jax.eval_shape(f, t0, y0, args)
+    except Exception as e:  # re-raised with context: which call failed
+        raise type(e)(f"calling the vector field f(t, y, args) at ts[0] failed: {e}") from e
+    y_struct = jax.tree.structure(y0)
+    out_struct = jax.tree.structure(out)
+    if y_struct != out_struct:
+        raise ValueError(
+            f"the vector field f(t, y, args) must return a pytree with the structure of y; "
+            f"y has {y_struct}, f returned {out_struct}"
+        )
+    for path, y_leaf, o_leaf in zip(
+        [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(y0)[0]],
+        jax.tree.leaves(y0),
+        jax.tree.leaves(out),
+    ):
+        if y_leaf.shape != o_leaf.shape:
+            raise ValueError(
+                f"the vector field f(t, y, args) returned shape {o_leaf.shape} for y{path}, "
+                f"whose shape is {y_leaf.shape}"
+            )
+        if jnp.issubdtype(o_leaf.dtype, jnp.complexfloating) and not jnp.issubdtype(
+            y_leaf.dtype, jnp.complexfloating
+        ):
+            raise TypeError(
+                f"the vector field returned complex values ({o_leaf.dtype}) for the real state "
+                f"y{path} ({y_leaf.dtype}); make y0 complex"
+            )
+
+
+def odeint(
+    f: Callable,
+    y0,
+    ts,
+    args: Any = None,
+    *,
+    solver="tsit5",
+    rtol=1e-6,
+    atol=1e-8,
+    dt0=None,
+    max_steps: int = 4096,
+    controller: PIDController | None = None,
+    norm: Callable | None = None,
+    adjoint: str = "continuous",
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_solver=None,
+    adjoint_max_steps: int | None = None,
+    seminorm: bool = False,
+    checkpoints: int | None = None,
+    probe=None,
+    throw: bool = True,
+) -> Solution:
+    """Solve dy/dt = f(t, y, args) from y(ts[0]) = y0 and return y at every time in ts.
+
+    Args:
+        f: vector field ``f(t, y, args) -> dy/dt``, a pytree shaped like ``y``.
+        y0: initial state, any pytree of float (or complex) arrays.
+        ts: 1-d array of output times, strictly increasing or strictly decreasing (a backwards
+            solve); ``ts[0]`` is the initial time. Length 1 returns ``y0``.
+        args: any pytree passed to ``f`` (parameters: equinox modules welcome); gradients flow to
+            its float arrays, and to float arrays ``f`` closes over.
+        solver: "euler", "midpoint", "heun", "rk4" (fixed step: need ``dt0``), or adaptive
+            "bosh3", "dopri5", "tsit5", "dopri8"; or an :class:`ode_jax.RungeKutta`.
+        rtol, atol: relative/absolute tolerances (positive; may be traced values).
+        dt0: initial step size magnitude (adaptive; default: Hairer's algorithm) or the step size
+            (fixed-step methods, whose steps are shortened to land on every output time).
+        max_steps: bound on attempted steps of the forward solve.
+        controller: :class:`ode_jax.PIDController` (default: integral controller).
+        norm: error norm over the pytree of scaled errors (default: RMS over all elements).
+        adjoint: how reverse-mode gradients are computed: "continuous" (the paper's Algorithm 1,
+            O(1) memory in the number of steps) or "discrete" (exact gradient of the computed
+            solution by a reverse walk over recorded steps).
+        adjoint_rtol, adjoint_atol, adjoint_solver, adjoint_max_steps: the continuous adjoint's
+            backward solve (defaults: the forward ones).
+        seminorm: continuous adjoint: leave the parameter adjoint out of the backward error norm
+            (Kidger et al. 2021), usually saving backward steps.
+        checkpoints: discrete adjoint: how many states the forward pass stores (default about
+            sqrt(max_steps)); longer solves recompute segments from them, exactly.
+        probe: optional float array of shape (4,) (see :func:`ode_jax.make_probe`). Its
+            gradient is the backward pass's [nfe, num_steps, num_accepted, num_rejected].
+        throw: raise on failure (also under jit); with False, check ``sol.result``.
+
+    Returns:
+        :class:`ode_jax.Solution` with ``ys`` (leading axis ``len(ts)``) and ``stats``.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable f(t, y, args), got {type(f).__name__}")
+    y0 = _validate_y0(y0)
+    ts = _validate_ts(ts)
+    method = get_solver(solver)
+    adj_method = method if adjoint_solver is None else get_solver(adjoint_solver)
+    if adjoint not in ADJOINTS:
+        raise ValueError(f"adjoint={adjoint!r} is not one of {ADJOINTS}")
+    if not method.adaptive and dt0 is None:
+        raise ValueError(f"solver={method.name!r} takes fixed steps: pass dt0 (the step size)")
+    if adjoint == "continuous" and not adj_method.adaptive and dt0 is None:
+        raise ValueError(f"adjoint_solver={adj_method.name!r} is fixed-step: pass dt0")
+    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+        _check_positive(name, value)
+    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
+        _check_positive(name, value)
+    for name, value in (("max_steps", max_steps), ("adjoint_max_steps", adjoint_max_steps)):
+        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if checkpoints is not None and (
+        not isinstance(checkpoints, (int, np.integer)) or checkpoints < 2
+    ):
+        raise ValueError(f"checkpoints must be an int >= 2, got {checkpoints!r}")
+    if probe is not None and jnp.shape(probe) != (4,):
+        raise ValueError(
+            f"probe must have shape (4,) (see ode_jax.make_probe), got {jnp.shape(probe)}"
+        )
+    _check_vector_field(f, ts[0], y0, args)
+
+    tdtype = ts.dtype
+    rtol_a = jnp.asarray(rtol, tdtype)
+    atol_a = jnp.asarray(atol, tdtype)
+    dt0_a = None if dt0 is None else jnp.abs(jnp.asarray(dt0, tdtype))
+    n = ts.shape[0]
+    if n > 1 and _is_concrete(ts):
+        direction = 1.0 if float(ts[-1]) > float(ts[0]) else -1.0
+    elif n > 1:
+        direction = jnp.where(ts[-1] > ts[0], 1.0, -1.0).astype(tdtype)
+    else:
+        direction = 1.0
+
+    def f_forward(s, y, args_and_direction):
+        a, d = args_and_direction
+        out = f(d * s, y, a)
+        return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
+
+    config = AdjointConfig(
+        kind=adjoint,
+        method=method,
+        adjoint_method=adj_method,
+        controller=controller or PIDController(),
+        norm=norm or rms_norm,
+        seminorm=seminorm,
+        max_steps=int(max_steps),
+        adjoint_max_steps=int(adjoint_max_steps or max_steps),
+        checkpoints=checkpoints,
+    )
+    tols = (
+        rtol_a,
+        atol_a,
+        dt0_a,
+        rtol_a if adjoint_rtol is None else jnp.asarray(adjoint_rtol, tdtype),
+        atol_a if adjoint_atol is None else jnp.asarray(adjoint_atol, tdtype),
+    )
+    if probe is None:
+        probe = jnp.zeros((4,), tdtype)
+    # Python floats in args are parameters: make them arrays so they are traced (and get
+    # gradients) rather than baked into the compiled solve.
+    args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args)
+    direction = jnp.asarray(direction, tdtype)
+    ys, stats, result = solve_with_adjoint(
+        f_forward, y0, direction * ts, (args, direction), tols, probe, config
+    )
+    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+        ys = _runtime_positive(name, value, ys)
+    ys = _check_ts_runtime(ts, ys)
+    if throw:
+        ys = raise_if_failed(ys, result)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result)

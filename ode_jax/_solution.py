@@ -1,0 +1,62 @@
+"""The result of a solve: outputs, statistics and a result code."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+class RESULTS:
+    """Result codes carried by :class:`Solution` (``sol.result``) when ``throw=False``."""
+
+    successful = 0
+    max_steps_reached = 1
+    step_size_underflow = 2
+    nonfinite = 3
+
+    messages = (
+        "successful",
+        "the solver took max_steps steps without reaching the final time; raise max_steps "
+        "or loosen rtol/atol",
+        "the step size fell below the floating-point resolution of t (the problem may be stiff "
+        "or blow up in finite time)",
+        "the state or the error estimate became non-finite (NaN/inf) and shrinking the step "
+        "did not help",
+    )
+
+    @classmethod
+    def message(cls, code: int) -> str:
+        return cls.messages[int(code)]
+
+
+class Solution(eqx.Module):
+    """Output of :func:`ode_jax.odeint`.
+
+    Attributes:
+        ts: the output times, shape (T,).
+        ys: pytree like y0; each leaf has a leading axis of length T. Outputs the solver did not
+            reach (only possible with ``throw=False``) are NaN.
+        stats: dict of int32 arrays: "nfe" (vector-field evaluations), "num_steps" (attempted
+            steps), "num_accepted", "num_rejected".
+        result: int32 result code, see :class:`RESULTS` (0 means success).
+    """
+
+    ts: jax.Array
+    ys: object
+    stats: dict
+    result: jax.Array
+
+    @property
+    def succeeded(self) -> jax.Array:
+        return self.result == RESULTS.successful
+
+
+def raise_if_failed(tree, result):
+    """Attach a runtime error to ``tree`` that fires (also under jit/vmap) when result != 0."""
+    return eqx.branched_error_if(
+        tree,
+        result != RESULTS.successful,
+        jnp.asarray(result, jnp.int32),
+        [f"ode_jax.odeint: {m}" for m in RESULTS.messages],
+    )
