@@ -52,11 +52,12 @@ class Solution(eqx.Module):
         return self.result == RESULTS.successful
 
 
-def raise_if_failed(tree, result):
+def raise_if_failed(tree, result, prefix: str = "ode_jax.odeint"):
     """Attach a runtime error to ``tree`` that fires (also under jit/vmap) when result != 0."""
+    codes = jnp.arange(len(RESULTS.messages))
+    # Rebuild the index from comparisons: an int output of a custom_vjp can carry a float0
+    # tangent, which equinox's error machinery cannot differentiate under vmap.
+    index = jnp.sum(jnp.where(codes == result, codes, 0)).astype(jnp.int32)
     return eqx.branched_error_if(
-        tree,
-        result != RESULTS.successful,
-        jnp.asarray(result, jnp.int32),
-        [f"ode_jax.odeint: {m}" for m in RESULTS.messages],
+        tree, index != RESULTS.successful, index, [f"{prefix}: {m}" for m in RESULTS.messages]
     )

@@ -1,0 +1,262 @@
+"""Gradients of odeint: continuous and discrete adjoints against finite differences, diffrax,
+each other and closed forms; backward statistics; memory; jit/vmap; float32."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ode_jax
+
+ADJOINTS = ["continuous", "discrete"]
+TIGHT = dict(rtol=1e-10, atol=1e-12)
+
+
+def field(t, y, p):
+    return -p["a"] * y * jnp.cos(t) + p["b"] * jnp.sin(y[::-1])
+
+
+@jax.jit(static_argnames="adjoint")
+def loss_fn(y0, p, ts, adjoint):
+    sol = ode_jax.odeint(field, y0, ts, p, adjoint=adjoint, **TIGHT)
+    weights = jnp.arange(1.0, ts.shape[0] + 1)[:, None]
+    return jnp.sum(weights * sol.ys**2)
+
+
+Y0 = jnp.array([1.0, -0.5])
+P = {"a": jnp.asarray(0.7), "b": jnp.array([0.3, -0.2])}
+
+
+def central_fd(fun, x, eps=1e-6):
+    x = np.asarray(x, dtype=np.float64)
+    out = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = eps
+        out[i] = (fun(jnp.asarray(x + e)) - fun(jnp.asarray(x - e))) / (2 * eps)
+    return out
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("ts", [[0.1, 0.5, 1.2, 2.0], [2.0, 1.1, 0.3]], ids=["fwd", "bwd"])
+def test_gradients_match_finite_differences(adjoint, ts):
+    ts = jnp.array(ts)
+    g_y0, g_p, g_ts = jax.jit(jax.grad(loss_fn, argnums=(0, 1, 2)), static_argnames="adjoint")(
+        Y0, P, ts, adjoint=adjoint
+    )
+    fd_y0 = central_fd(lambda y: loss_fn(y, P, ts, adjoint=adjoint), Y0)
+    fd_a = central_fd(lambda a: loss_fn(Y0, {**P, "a": a}, ts, adjoint=adjoint), P["a"])
+    fd_b = central_fd(lambda b: loss_fn(Y0, {**P, "b": b}, ts, adjoint=adjoint), P["b"])
+    fd_ts = central_fd(lambda t: loss_fn(Y0, P, t, adjoint=adjoint), ts)
+    np.testing.assert_allclose(g_y0, fd_y0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g_p["a"], fd_a, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g_p["b"], fd_b, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(g_ts, fd_ts, rtol=1e-6, atol=1e-7)
+
+
+def _mlp_problem():
+    mlp = eqx.nn.MLP(3, 3, 32, 2, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+    y0 = jnp.array([0.5, -1.0, 0.25])
+    ts = jnp.linspace(0.0, 2.0, 5)
+    return mlp, y0, ts
+
+
+def _ours(mlp, y0, ts, adjoint, **kw):
+    sol = ode_jax.odeint(lambda t, y, m: m(y), y0, ts, mlp, adjoint=adjoint, **kw)
+    return jnp.sum(sol.ys[1:] ** 2)
+
+
+def _diffrax(mlp, y0, ts):
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, y, m: m(y)),
+        diffrax.Tsit5(),
+        ts[0],
+        ts[-1],
+        None,
+        y0,
+        args=mlp,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=diffrax.PIDController(rtol=1e-10, atol=1e-12),
+        adjoint=diffrax.RecursiveCheckpointAdjoint(),
+        max_steps=4096,
+    )
+    return jnp.sum(sol.ys[1:] ** 2)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS)
+def test_gradients_match_diffrax_for_equinox_mlp(adjoint):
+    mlp, y0, ts = _mlp_problem()
+    ref_m, ref_y = eqx.filter_grad(lambda my: _diffrax(my[0], my[1], ts))((mlp, y0))
+    got_m, got_y = eqx.filter_grad(lambda my: _ours(my[0], my[1], ts, adjoint, **TIGHT))((mlp, y0))
+    np.testing.assert_allclose(got_y, ref_y, rtol=1e-6, atol=1e-9)
+    for g, r in zip(jax.tree.leaves(got_m), jax.tree.leaves(ref_m)):
+        np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-9)
+
+
+def test_closed_over_parameters_get_gradients_under_jit():
+    w = jnp.array([[0.0, 1.0], [-1.0, -0.1]])
+
+    @jax.jit
+    def loss(w, y0):
+        return jnp.sum(ode_jax.odeint(lambda t, y, _: w @ y, y0, jnp.array([0.0, 1.0])).ys[-1])
+
+    y0 = jnp.array([1.0, 0.0])
+    g = jax.grad(loss)(w, y0)
+    fd = central_fd(lambda w_: loss(w_, y0), w)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-7)
+
+
+def test_grad_of_grad_continuous_adjoint():
+    # y' = -a y  =>  y(1) = y0 exp(-a);  d2/da2 y(1) = y0 exp(-a);  d2/dy0^2 y(1)^2 = 2 exp(-2a)
+    def y1(a, y0):
+        ts = jnp.array([0.0, 1.0])
+        return ode_jax.odeint(lambda t, y, a: -a * y, y0, ts, a, **TIGHT).ys[-1]
+
+    a, y0 = 0.8, 1.5
+    np.testing.assert_allclose(jax.grad(jax.grad(y1))(a, y0), y0 * np.exp(-a), rtol=1e-7)
+    h = jax.grad(jax.grad(lambda y: y1(a, y) ** 2))(y0)
+    np.testing.assert_allclose(h, 2 * np.exp(-2 * a), rtol=1e-7)
+
+
+def _neural_ode_loss(mlp, probe, adjoint, seminorm, rtol, atol):
+    y0 = jax.random.normal(jax.random.PRNGKey(3), (16, 3))
+    sol = ode_jax.odeint(
+        lambda t, y, m: jax.vmap(m)(y),
+        y0,
+        jnp.array([0.0, 5.0]),
+        mlp,
+        rtol=rtol,
+        atol=atol,
+        adjoint=adjoint,
+        seminorm=seminorm,
+        probe=probe,
+    )
+    return jnp.mean(sol.ys[-1] ** 2), sol.stats
+
+
+def _grads_and_stats(adjoint, seminorm=False, rtol=1e-4, atol=1e-8):
+    mlp = eqx.nn.MLP(3, 3, 32, 2, activation=jnp.tanh, key=jax.random.PRNGKey(1))
+    mlp = jax.tree.map(lambda x: x * 1.5 if eqx.is_inexact_array(x) else x, mlp)
+    grad_fn = eqx.filter_grad(
+        lambda mp: _neural_ode_loss(mp[0], mp[1], adjoint, seminorm, rtol, atol), has_aux=True
+    )
+    (g, g_probe), fwd = grad_fn((mlp, ode_jax.make_probe()))
+    return g, ode_jax.probe_stats(g_probe), fwd
+
+
+def test_seminorm_same_gradient_fewer_backward_steps():
+    g_full, bwd_full, fwd = _grads_and_stats("continuous", seminorm=False)
+    g_semi, bwd_semi, _ = _grads_and_stats("continuous", seminorm=True)
+    for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_semi)):
+        # Both are within the solver tolerance (rtol 1e-4) of the true gradient.
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(a))))
+    assert int(bwd_semi["nfe"]) < int(bwd_full["nfe"]), (bwd_semi, bwd_full)
+    print(
+        f"\nforward NFE {int(fwd['nfe'])}; backward NFE full norm {int(bwd_full['nfe'])}, "
+        f"seminorm {int(bwd_semi['nfe'])}"
+    )
+
+
+def test_adjoints_agree_and_report_backward_stats():
+    g_cont, bwd_cont, fwd = _grads_and_stats("continuous", rtol=1e-7, atol=1e-9)
+    g_disc, bwd_disc, fwd_d = _grads_and_stats("discrete", rtol=1e-7, atol=1e-9)
+    for a, b in zip(jax.tree.leaves(g_cont), jax.tree.leaves(g_disc)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * float(jnp.max(jnp.abs(a))))
+    # The discrete adjoint walks back exactly the accepted forward steps.
+    assert int(bwd_disc["num_steps"]) == int(fwd_d["num_accepted"])
+    assert int(bwd_disc["nfe"]) >= int(fwd_d["num_accepted"]) * 7
+    assert int(bwd_cont["nfe"]) > 0 and int(bwd_cont["num_steps"]) > 0
+
+
+@pytest.mark.parametrize("checkpoints", [2, 4, 8])
+def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
+    # A solve of ~50 steps stored in a handful of states must give the same gradient.
+    A = jnp.array([[-0.1, 3.0], [-3.0, -0.1]])
+
+    def loss(y0, ck):
+        sol = ode_jax.odeint(
+            lambda t, y, A: A @ y, y0, jnp.linspace(0, 10, 7), A, adjoint="discrete",
+            checkpoints=ck, rtol=1e-7, atol=1e-9, max_steps=512,
+        )  # fmt: skip
+        return jnp.sum(sol.ys**2), sol.stats["num_accepted"]
+
+    y0 = jnp.array([1.0, 0.0])
+    g_ref, n = jax.grad(loss, has_aux=True)(y0, 512)
+    g, _ = jax.grad(loss, has_aux=True)(y0, checkpoints)
+    assert int(n) > 4 * checkpoints
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS)
+def test_vmap_per_example_gradients(adjoint):
+    mlp, _, ts = _mlp_problem()
+    y0s = jax.random.normal(jax.random.PRNGKey(2), (3, 3))
+    per_example = eqx.filter_jit(
+        jax.vmap(eqx.filter_grad(lambda m, y: _ours(m, y, ts, adjoint)), in_axes=(None, 0))
+    )(mlp, y0s)
+    for i in range(3):
+        single = eqx.filter_grad(lambda m, y: _ours(m, y, ts, adjoint))(mlp, y0s[i])
+        for a, b in zip(jax.tree.leaves(per_example), jax.tree.leaves(single)):
+            np.testing.assert_allclose(a[i], b, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("adjoint", ADJOINTS)
+def test_float32_gradients(adjoint):
+    ts = jnp.array([0.0, 0.5, 1.0], jnp.float32)
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), P)
+    y32 = Y0.astype(jnp.float32)
+
+    def loss(y0, p, ts):
+        sol = ode_jax.odeint(field, y0, ts, p, adjoint=adjoint, rtol=1e-5, atol=1e-6)
+        return jnp.sum(sol.ys**2)
+
+    g32 = jax.jit(jax.grad(loss, argnums=(0, 1)))(y32, p32, ts)
+    g64 = jax.grad(loss, argnums=(0, 1))(Y0, P, ts.astype(jnp.float64))
+    for a, b in zip(jax.tree.leaves(g32), jax.tree.leaves(g64)):
+        assert a.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def _temp_bytes(adjoint, t1):
+    A = jnp.array([[-0.01, 2.0], [-2.0, -0.01]])
+    mlp = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.PRNGKey(0))
+
+    params, static = eqx.partition(mlp, eqx.is_array)
+
+    def loss(params, y0):
+        f = lambda t, y, m: A @ y + 0.01 * m(y)
+        m = eqx.combine(params, static)
+        sol = ode_jax.odeint(f, y0, jnp.array([0.0, t1]), m, adjoint=adjoint, max_steps=20000)
+        return jnp.sum(sol.ys[-1] ** 2), sol.stats["num_steps"]
+
+    grad = jax.jit(jax.grad(loss, has_aux=True))
+    y0 = jnp.ones((2,))
+    _, steps = grad(params, y0)
+    compiled = grad.lower(params, y0).compile()
+    return compiled.memory_analysis().temp_size_in_bytes, int(steps)
+
+
+def test_continuous_adjoint_memory_flat_in_number_of_steps():
+    mem_short, steps_short = _temp_bytes("continuous", 10.0)
+    mem_long, steps_long = _temp_bytes("continuous", 100.0)
+    disc_short, _ = _temp_bytes("discrete", 10.0)
+    disc_long, _ = _temp_bytes("discrete", 100.0)
+    print(
+        f"\nsteps {steps_short} -> {steps_long}; continuous temp bytes {mem_short} -> {mem_long}; "
+        f"discrete temp bytes {disc_short} -> {disc_long}"
+    )
+    assert steps_long > 5 * steps_short
+    assert mem_long == mem_short
+
+
+def test_backward_failure_raises_with_clear_message():
+    def loss(y0):
+        sol = ode_jax.odeint(
+            lambda t, y, _: -y, y0, jnp.array([0.0, 5.0]), adjoint_max_steps=2, rtol=1e-8
+        )
+        return jnp.sum(sol.ys[-1])
+
+    with pytest.raises(Exception, match="backward"):
+        jax.block_until_ready(jax.grad(loss)(jnp.ones(2)))
