@@ -282,10 +282,9 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
         return y1, ks
 
     def segment(carry):
-        j, a_y, a_d, g_ts, oi, nfe = carry
+        j, a_y, a_d, g_ts, oi, nfe, local = carry
         start = j * stride
         end = jnp.minimum(start + stride, n_acc)
-        local = jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck)
         local = jax.tree.map(lambda buf, b: buf.at[0].set(b[j]), local, ck)
 
         def recompute(c):
@@ -343,7 +342,7 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
             lambda c: c[0] >= start, walk, (end - 1, a_y, a_d, g_ts, oi)
         )
         nfe = nfe + (end - start) * 2 * evals
-        return j - 1, a_y, a_d, g_ts, oi, nfe
+        return j - 1, a_y, a_d, g_ts, oi, nfe, local
 
     n_seg = (n_acc + stride - 1) // stride
     init = (
@@ -353,8 +352,11 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
         jnp.zeros_like(ts),
         jnp.asarray(n_out - 1, jnp.int32),
         jnp.asarray(0, jnp.int32),
+        # States of the segment being walked back, recomputed from its checkpoint; allocated
+        # once and carried, not re-zeroed per segment.
+        jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck),
     )
-    _, a_y, a_d, g_ts, _, nfe = jax.lax.while_loop(lambda c: c[0] >= 0, segment, init)
+    _, a_y, a_d, g_ts, _, nfe, _ = jax.lax.while_loop(lambda c: c[0] >= 0, segment, init)
     a_y = _add(a_y, _take(g_ys, 0))
     probe_ct = jnp.stack(
         [nfe.astype(sdtype), n_acc.astype(sdtype), n_acc.astype(sdtype), jnp.zeros((), sdtype)]
