@@ -1,0 +1,1 @@
+"""Experiment configs: one dataclass per experiment, holding every default."""

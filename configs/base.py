@@ -1,0 +1,89 @@
+"""Fields every experiment shares (output, training loop, devices) and config validation.
+
+Every experiment config subclasses :class:`TrainConfig`; each field is a command-line flag
+(``--steps 500``), parsed by tyro. Validation runs when a config is built (``__post_init__``),
+so a bad value fails before any training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Literal
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    out: str = "runs/default"  # folder for everything the run writes (created if missing)
+    smoke: bool = False  # tiny sizes that finish in seconds (the experiment's SMOKE overrides)
+    seed: int = 0  # seeds model init, data sampling and any per-step randomness
+    steps: int = 1000  # optimiser steps in total (a resumed run continues up to this)
+    batch_size: int = 32  # global batch, split evenly over the devices
+    lr: float = 1e-3  # Adam learning rate (peak value when a schedule is used)
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to 0 at `steps`
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
+    log_every: int = 10  # steps between training-curve rows (mean over the interval)
+    eval_every: int = 100  # steps between evaluations (and at the last step)
+    checkpoint_every: int = 100  # steps between checkpoints (and at the last step)
+    num_devices: int = 0  # data-parallel devices, the first n of jax.devices() (0: all)
+    progress: bool = True  # show a tqdm progress bar
+    fresh: bool = False  # ignore a checkpoint in `out` and start over
+
+    def __post_init__(self):
+        check_types(self)
+        self.check()
+
+    def check(self):
+        """Value checks; subclasses extend this (call ``super().check()``)."""
+        for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
+            require(self, name, getattr(self, name) >= 1, "must be >= 1")
+        require(self, "lr", self.lr > 0, "must be positive")
+        require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables clipping)")
+        require(self, "num_devices", self.num_devices >= 0, "must be >= 0 (0: all devices)")
+        require(self, "out", bool(self.out), "must be a folder name")
+
+
+def require(cfg, name: str, ok: bool, why: str):
+    """Raise a ValueError naming the field when a value check fails."""
+    if not ok:
+        raise ValueError(f"{type(cfg).__name__}.{name}={getattr(cfg, name)!r} {why}")
+
+
+def check_types(cfg):
+    """Raise a TypeError when a field's value does not match its annotation."""
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        value, hint = getattr(cfg, field.name), hints[field.name]
+        if not _matches(value, hint):
+            raise TypeError(
+                f"{type(cfg).__name__}.{field.name} must be {_describe(hint)}, got {value!r}"
+            )
+
+
+def _matches(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint))

@@ -1,0 +1,55 @@
+"""Spiral demo (torchdiffeq's ode_demo): learn dy/dt = (y**3) A from short trajectory windows."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from .base import TrainConfig, require
+
+
+@dataclasses.dataclass(frozen=True)
+class SpiralConfig(TrainConfig):
+    """Data: the true system sampled on [0, t_end]; model: an MLP field; solver; training."""
+
+    out: str = "runs/spiral"  # folder for everything the run writes
+    data_size: int = 1000  # points on the true trajectory
+    t_end: float = 25.0  # final time of the true trajectory
+    batch_time: int = 10  # points per training window (window length (batch_time-1)*dt)
+    features: Literal["cube", "identity"] = "cube"  # feed y**3 (as the demo) or y to the MLP
+    width: int = 50  # hidden units
+    depth: int = 1  # hidden layers
+    solver: Literal["bosh3", "dopri5", "tsit5", "dopri8"] = "dopri5"  # adaptive RK method
+    rtol: float = 1e-5  # relative tolerance of every solve (training and evaluation)
+    atol: float = 1e-6  # absolute tolerance
+    adjoint: Literal["continuous", "discrete"] = "continuous"  # how gradients are computed
+    steps: int = 10000  # optimiser steps
+    batch_size: int = 64  # windows per step
+    lr: float = 3e-3  # Adam learning rate (peak of the cosine schedule)
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decays to 0 at `steps`
+    log_every: int = 20  # steps between training-curve rows
+    eval_every: int = 200  # steps between whole-horizon evaluations
+    checkpoint_every: int = 200  # steps between checkpoints
+
+    def check(self):
+        super().check()
+        require(self, "data_size", self.data_size >= 2, "must be >= 2")
+        require(self, "t_end", self.t_end > 0, "must be positive")
+        require(self, "batch_time", 2 <= self.batch_time <= self.data_size, "must be in [2, N]")
+        require(self, "width", self.width >= 1, "must be >= 1")
+        require(self, "depth", self.depth >= 0, "must be >= 0")
+        require(self, "rtol", self.rtol > 0, "must be positive")
+        require(self, "atol", self.atol > 0, "must be positive")
+
+
+# --smoke: a run that finishes in seconds (the tests use it).
+SMOKE = dict(
+    data_size=200,
+    steps=6,
+    batch_size=4,
+    batch_time=5,
+    width=8,
+    log_every=2,
+    eval_every=3,
+    checkpoint_every=3,
+)

@@ -1,0 +1,1 @@
+"""Experiment scripts: ``python -m experiments.NAME --help``."""

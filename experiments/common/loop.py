@@ -1,0 +1,198 @@
+"""The shared training loop: jitted optax step, progress bar, evaluation, checkpoints, resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import ode_jax
+
+from . import checkpoint, parallel
+from .cli import config_to_dict
+
+# Fields that may change between a run and its resumption without changing the result.
+_RESUMABLE_CHANGES = ("out", "progress", "fresh")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What an experiment plugs into :func:`train`.
+
+    Attributes:
+        init_model: ``key -> model`` (an equinox module; its inexact arrays are trained).
+        get_batch: ``key -> batch``, a pytree whose leaves all have the global batch size as
+            their leading axis (that axis is split over devices).
+        loss: ``(model, batch, key, probe) -> (loss, aux)``; pass ``probe`` to every
+            ``ode_jax.odeint`` call so the loop can log the backward NFE. ``aux`` is a dict of
+            scalars to log, by convention including ``"nfe_fwd"``.
+        evaluate: ``model -> dict`` of floats, run every ``eval_every`` steps and at the end.
+        curve_keys: keys of ``evaluate``'s output drawn on the training curve.
+    """
+
+    init_model: Callable
+    get_batch: Callable
+    loss: Callable
+    evaluate: Callable
+    curve_keys: tuple = ()
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: eqx.Module
+    history: list  # rows {"step", "loss", <aux>, "nfe_bwd", "seconds"} every log_every steps
+    evals: list  # rows {"step", <evaluate() output>}
+    timing: dict  # {"train_seconds", "first_step_seconds", "eval_seconds"}, summed over resumes
+
+
+def _optimizer_settings(cfg) -> tuple:
+    return (
+        cfg.lr,
+        cfg.lr_schedule,
+        cfg.steps if cfg.lr_schedule != "constant" else 0,
+        cfg.grad_clip,
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(lr, schedule, steps, grad_clip) -> optax.GradientTransformation:
+    """Adam with an optional cosine schedule and gradient clipping (see TrainConfig)."""
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, steps)
+    adam = optax.adam(lr)
+    return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip else adam
+
+
+@functools.lru_cache(maxsize=16)  # a resumed or repeated run in one process compiles once
+def make_train_step(loss_fn: Callable, optimizer, mesh):
+    """A jitted ``(model, opt_state, batch, key) -> (model, opt_state, metrics)``."""
+    rep = parallel.replicated(mesh)
+
+    @eqx.filter_jit
+    def step(model, opt_state, batch, key):
+        def objective(model_and_probe):
+            model, probe = model_and_probe
+            return loss_fn(model, batch, key, probe)
+
+        probe = ode_jax.make_probe()
+        (loss, aux), (grads, probe_grad) = eqx.filter_value_and_grad(objective, has_aux=True)(
+            (model, probe)
+        )
+        params = eqx.filter(model, eqx.is_inexact_array)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        model = eqx.apply_updates(model, updates)
+        model, opt_state = eqx.filter_shard((model, opt_state), rep)
+        metrics = dict(aux, loss=loss, nfe_bwd=ode_jax.probe_stats(probe_grad)["nfe"])
+        return model, opt_state, metrics
+
+    return step
+
+
+def _check_resumable(saved: dict, cfg):
+    current = config_to_dict(cfg)
+    diff = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+    )
+    if diff:
+        changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
+        raise ValueError(
+            f"{cfg.out} holds a checkpoint of a different config ({changes}); "
+            "pass --fresh to start over or choose another --out"
+        )
+
+
+def _is_due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | None:
+    """Train ``task`` as configured by ``cfg`` (a ``configs.base.TrainConfig``).
+
+    Resumes from the checkpoint in ``cfg.out/checkpoint`` when there is one (unless
+    ``cfg.fresh``): the data and per-step keys are ``fold_in(key, step)``, so a resumed run
+    replays exactly the steps an uninterrupted one takes. ``stop_after`` stops after that
+    many steps of this call, without a final checkpoint (a simulated kill, for tests), and
+    returns None.
+    """
+    out = Path(cfg.out)
+    mesh = parallel.make_mesh(cfg.num_devices)
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by {n_dev} devices")
+    init_key, data_key, step_key = jax.random.split(jax.random.key(cfg.seed), 3)
+    optimizer = make_optimizer(*_optimizer_settings(cfg))
+    model = task.init_model(init_key)
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
+    start, history, evals, pending = 0, [], [], []
+    timing = dict(train_seconds=0.0, first_step_seconds=0.0, eval_seconds=0.0)
+
+    ckpt_dir = out / "checkpoint"
+    loaded = None if cfg.fresh else checkpoint.load(ckpt_dir, (model, opt_state))
+    if loaded is not None:
+        (model, opt_state), meta = loaded
+        _check_resumable(meta["config"], cfg)
+        start, history, evals, timing = meta["step"], meta["history"], meta["evals"], meta["timing"]
+        pending = meta["pending"]  # metrics of steps since the last log row
+    model, opt_state = parallel.replicate((model, opt_state), mesh)
+    step_fn = make_train_step(task.loss, optimizer, mesh)
+
+    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True)
+    interval_start, first = time.perf_counter(), loaded is None
+    for step in range(start + 1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        batch = parallel.shard_batch(task.get_batch(jax.random.fold_in(data_key, step)), mesh)
+        key = jax.random.fold_in(step_key, step)
+        model, opt_state, metrics = step_fn(model, opt_state, batch, key)
+        pending.append(metrics)
+        if first:  # includes compilation
+            jax.block_until_ready(metrics)
+            timing["first_step_seconds"] = time.perf_counter() - t0
+            first = False
+        bar.update(1)
+        log, ev, ck = (
+            _is_due(step, n, cfg.steps)
+            for n in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)
+        )
+        if log or ev or ck:  # evaluation and checkpoints do not count as training time
+            jax.block_until_ready(metrics)
+            timing["train_seconds"] += time.perf_counter() - interval_start
+        if log:
+            # Means over Python floats, so restored (float) and fresh (array) entries agree.
+            rows = jax.device_get(pending)
+            row = {k: float(np.mean([float(m[k]) for m in rows])) for k in metrics}
+            history.append(dict(step=step, **row, seconds=timing["train_seconds"]))
+            bar.set_postfix(_postfix(row))
+            pending = []
+        if ev:
+            t_eval = time.perf_counter()
+            results = {k: float(v) for k, v in task.evaluate(model).items()}
+            evals.append(dict(step=step, **results))
+            timing["eval_seconds"] += time.perf_counter() - t_eval
+            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        if ck:
+            pending = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+            meta = dict(config=config_to_dict(cfg), history=history, evals=evals, timing=timing)
+            meta["pending"] = pending
+            checkpoint.save(ckpt_dir, step, (model, opt_state), meta)
+        if log or ev or ck:
+            interval_start = time.perf_counter()
+        if stop_after is not None and step - start >= stop_after:
+            bar.close()
+            return None
+    bar.close()
+    return TrainResult(model=model, history=history, evals=evals, timing=timing)
+
+
+def _postfix(row: dict) -> dict:
+    names = {"loss": "loss", "nfe_fwd": "nfe_f", "nfe_bwd": "nfe_b"}
+    return {short: f"{row[k]:.4g}" for k, short in names.items() if k in row}

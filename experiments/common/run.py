@@ -1,0 +1,64 @@
+"""``main()`` for every experiment: parse flags, train, write metrics and figures."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import cli, report
+from .loop import Task, TrainResult, train
+
+
+def summarise(result: TrainResult) -> dict:
+    """Timing and NFE summary of a run; experiments add their own final metrics."""
+    hist = result.history
+    summary = dict(result.timing, steps=hist[-1]["step"] if hist else 0)
+    for k in ("nfe_fwd", "nfe_bwd"):
+        if hist and k in hist[0]:
+            summary[f"{k}_per_step"] = float(np.mean([r[k] for r in hist]))
+    return summary
+
+
+def main(
+    config_cls,
+    smoke: dict,
+    build: Callable[[object], Task],
+    finish: Callable[[object, Task, TrainResult, Path], dict] | None = None,
+    argv: Sequence[str] | None = None,
+) -> dict:
+    """Run one experiment from the command line.
+
+    Args:
+        config_cls: the experiment's config dataclass (a ``configs.base.TrainConfig``).
+        smoke: the ``--smoke`` overrides.
+        build: ``cfg -> Task``.
+        finish: ``(cfg, task, result, out) -> dict`` of final metrics; draws the figures.
+        argv: flags (default ``sys.argv[1:]``).
+
+    Writes ``config.json``, ``history.csv``, ``evals.csv``, ``metrics.json``,
+    ``training_curve.png`` and the checkpoint under ``--out``; returns the metrics.
+    """
+    t_start = time.perf_counter()
+    cfg = cli.parse_config(config_cls, smoke, argv)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cli.write_config(cfg, out / "config.json")
+    task = build(cfg)
+    result = train(cfg, task)
+    metrics = summarise(result)
+    if result.evals:
+        metrics["final_eval"] = {k: v for k, v in result.evals[-1].items() if k != "step"}
+    report.write_csv(out / "history.csv", result.history)
+    report.write_csv(out / "evals.csv", result.evals)
+    report.plot_training_curve(
+        out / "training_curve.png", result.history, result.evals, task.curve_keys
+    )
+    if finish is not None:
+        metrics.update(finish(cfg, task, result, out))
+    metrics["wall_seconds_this_process"] = time.perf_counter() - t_start
+    report.write_json(out / "metrics.json", metrics)
+    print(f"wrote {out}/ (metrics.json, history.csv, evals.csv, *.png, checkpoint/)")
+    return metrics

@@ -1,0 +1,220 @@
+"""The experiment harness: config parsing and errors, checkpoints, resume, data parallelism."""
+
+import dataclasses
+import functools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ode_jax
+from configs.base import TrainConfig
+from configs.spiral import SMOKE, SpiralConfig
+from experiments.common import Task, checkpoint, config_from_dict, parse_config, train
+from experiments.common.cli import config_to_dict
+from ode_jax.nn import MLPField
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- config parsing ------------------------------------------------------------------------
+
+
+def test_defaults_and_overrides():
+    cfg = parse_config(SpiralConfig, SMOKE, ["--steps", "7", "--lr", "0.01", "--no-progress"])
+    assert cfg == dataclasses.replace(SpiralConfig(), steps=7, lr=0.01, progress=False)
+    assert parse_config(SpiralConfig, SMOKE, []) == SpiralConfig()
+
+
+def test_smoke_sizes_then_overrides():
+    cfg = parse_config(SpiralConfig, SMOKE, ["--smoke", "--steps", "3", "--features", "identity"])
+    assert cfg.smoke and cfg.steps == 3 and cfg.features == "identity"
+    assert cfg.data_size == SMOKE["data_size"] and cfg.batch_size == SMOKE["batch_size"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--no-such-flag", "1"], "no-such-flag"),  # unknown key
+        (["--steps", "many"], "steps"),  # wrong type
+        (["--features", "square"], "features"),  # not one of the choices
+        (["--rtol=-1e-3"], "rtol"),  # negative tolerance
+        (["--batch-time", "1"], "batch_time"),
+        (["--steps", "0"], "steps"),
+    ],
+)
+def test_bad_flags_exit_before_training(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(SpiralConfig, SMOKE, argv)
+    text = str(info.value.code) + capsys.readouterr().err
+    assert (
+        info.value.code != 0
+        and message in text.replace("-", "_").replace("_", "-")
+        or (message in text)
+    )
+
+
+def test_bad_values_in_code():
+    with pytest.raises(ValueError, match="SpiralConfig.atol=-1.0 must be positive"):
+        SpiralConfig(atol=-1.0)
+    with pytest.raises(TypeError, match="steps must be int"):
+        SpiralConfig(steps=2.5)
+    with pytest.raises(TypeError, match="adjoint must be one of"):
+        SpiralConfig(adjoint="backprop")
+    with pytest.raises(ValueError, match="unknown SpiralConfig keys"):
+        config_from_dict(SpiralConfig, {"stepz": 3})
+    cfg = SpiralConfig(steps=11)
+    assert config_from_dict(SpiralConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
+
+
+# --- a tiny task for the training loop ----------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig(TrainConfig):
+    steps: int = 8
+    batch_size: int = 4
+    log_every: int = 2
+    eval_every: int = 4
+    checkpoint_every: int = 3
+    progress: bool = False
+
+
+@functools.cache  # one task object: its jitted functions compile once per process
+def toy_task():
+    """Learn dy/dt = -y from pairs (y(0), y(0.5)); one small ODE solve per step."""
+    ts = np.array([0.0, 0.5], np.float32)
+
+    def solve(model, y0, probe=None):
+        return ode_jax.odeint(
+            lambda t, y, m: m(t, y),
+            y0,
+            ts,
+            model,
+            solver="bosh3",
+            rtol=1e-4,
+            atol=1e-5,
+            probe=probe,
+        )
+
+    def get_batch(key):
+        y0 = jax.random.normal(key, (4, 2), jnp.float32)
+        return {"y0": y0, "y1": y0 * np.exp(-0.5).astype(np.float32)}
+
+    def loss(model, batch, key, probe):
+        noise = 1e-3 * jax.random.normal(key, ())  # exercises the per-step key
+        sol = solve(model, batch["y0"], probe)
+        return jnp.mean((sol.ys[-1] - batch["y1"]) ** 2) + noise, {"nfe_fwd": sol.stats["nfe"]}
+
+    @eqx.filter_jit
+    def evaluate(model):
+        y0 = jnp.ones((1, 2), jnp.float32)
+        return {"err": jnp.abs(solve(model, y0).ys[-1] - np.exp(-0.5)).max()}
+
+    # float32 parameters, like the experiments (the tests run with x64 enabled).
+    return Task(
+        lambda key: MLPField(2, 4, 1, dtype=jnp.float32, key=key), get_batch, loss, evaluate
+    )
+
+
+def _params(model):
+    return [np.asarray(x) for x in jax.tree.leaves(model)]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    task = toy_task()
+    full = train(ToyConfig(out=str(tmp_path / "full"), lr=1e-2), task)
+    cfg = ToyConfig(out=str(tmp_path / "killed"), lr=1e-2)
+    # Killed after step 5: the checkpoint holds step 3, steps 4-5 are lost and replayed.
+    assert train(cfg, task, stop_after=5) is None
+    meta = json.loads((tmp_path / "killed/checkpoint/checkpoint.json").read_text())
+    assert meta["step"] == 3
+    resumed = train(cfg, task)
+    for a, b in zip(_params(full.model), _params(resumed.model)):
+        np.testing.assert_array_equal(a, b)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+    assert strip(full.history) == strip(resumed.history)
+    assert [r["step"] for r in full.history] == [2, 4, 6, 8]
+    assert full.evals == resumed.evals and [r["step"] for r in full.evals] == [4, 8]
+    assert all(r["nfe_fwd"] > 0 and r["nfe_bwd"] > 0 for r in full.history)
+    files = sorted(p.name for p in (tmp_path / "killed/checkpoint").iterdir())
+    assert files == ["checkpoint.json", "state_00000008.eqx"]  # no temp files left behind
+
+    # A checkpoint of another config is not silently resumed.
+    with pytest.raises(ValueError, match="different config"):
+        train(dataclasses.replace(cfg, lr=3e-2), task)
+    restarted = train(dataclasses.replace(cfg, fresh=True, steps=2), task)
+    assert [r["step"] for r in restarted.history] == [2]
+
+
+def test_checkpoint_roundtrip_is_exact(tmp_path):
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "n": jnp.int32(7)}
+    assert checkpoint.load(tmp_path, tree) is None
+    checkpoint.save(tmp_path, 5, tree, {"note": "x"})
+    like = jax.tree.map(jnp.zeros_like, tree)
+    loaded, meta = checkpoint.load(tmp_path, like)
+    assert meta["step"] == 5 and meta["note"] == "x"
+    np.testing.assert_array_equal(loaded["w"], tree["w"])
+    assert int(loaded["n"]) == 7
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+    n = len(jax.devices())
+    with pytest.raises(ValueError, match="num_devices"):
+        train(ToyConfig(out=str(tmp_path), num_devices=n + 1), toy_task())
+
+
+# --- data parallelism on two (forced) CPU devices ------------------------------------------
+
+DATA_PARALLEL = textwrap.dedent(
+    """
+    import jax, numpy as np
+    from experiments.common import parallel, train
+    from tests.test_harness import ToyConfig, toy_task
+    assert len(jax.devices()) == 2, jax.devices()
+    mesh = parallel.make_mesh(0)
+    task = toy_task()
+    batch = parallel.shard_batch(task.get_batch(jax.random.key(0)), mesh)
+    assert len(batch["y0"].sharding.device_set) == 2
+    assert batch["y0"].addressable_shards[0].data.shape == (2, 2)
+    runs = {}
+    for n in (1, 2):
+        cfg = ToyConfig(out=f"{OUT}/dev{n}", num_devices=n, lr=1e-2, steps=4, eval_every=100)
+        runs[n] = train(cfg, task)
+    leaves = [x for x in jax.tree.leaves(runs[2].model) if hasattr(x, "sharding")]
+    assert all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 2
+               for x in leaves)
+    for a, b in zip(runs[1].history, runs[2].history):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(runs[1].model), jax.tree.leaves(runs[2].model)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    print("DATA_PARALLEL_OK")
+    """
+)
+
+
+def test_data_parallel_two_cpu_devices(tmp_path):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    script = f"OUT = {str(tmp_path)!r}\n" + DATA_PARALLEL
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "DATA_PARALLEL_OK" in proc.stdout, proc.stderr[-3000:]
