@@ -47,6 +47,7 @@ class _State(eqx.Module):
     num_steps: jax.Array
     num_accepted: jax.Array
     num_rejected: jax.Array
+    rejected: jax.Array  # the last attempted step was rejected
     nonfinite: jax.Array  # the last rejection was caused by a non-finite error estimate
     result: jax.Array
     aux: Any
@@ -54,6 +55,10 @@ class _State(eqx.Module):
 
 def _where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def integrate(
@@ -76,6 +81,7 @@ def integrate(
     tdtype = ts.dtype
     n_out = ts.shape[0]
     t0, t_end = ts[0], ts[-1]
+    eps = jnp.finfo(tdtype).eps
     i32 = jnp.int32
 
     def init_ys(leaf):
@@ -83,6 +89,10 @@ def integrate(
         return buf.at[0].set(leaf)
 
     ys = jax.tree.map(init_ys, y0)
+    if n_out == 1:  # nothing to integrate: no evaluations of f at all
+        zero = jnp.asarray(0, i32)
+        stats = dict.fromkeys(("nfe", "num_steps", "num_accepted", "num_rejected"), zero)
+        return ys, stats, jnp.asarray(RESULTS.successful, i32), recorder.init(y0, ts)
     nfe = 0
     f0 = None
     if method.fsal or method.adaptive:
@@ -111,6 +121,7 @@ def integrate(
         num_steps=jnp.asarray(0, i32),
         num_accepted=jnp.asarray(0, i32),
         num_rejected=jnp.asarray(0, i32),
+        rejected=jnp.asarray(False),
         nonfinite=jnp.asarray(False),
         result=jnp.asarray(RESULTS.successful, i32),
         aux=recorder.init(y0, ts),
@@ -138,30 +149,36 @@ def integrate(
         return jax.lax.while_loop(out_cond, out_body, (s.index, s.ys, aux))
 
     def body(s):
+        # Fixed-step methods step to every output time; adaptive ones only to the end (outputs
+        # in between come from the dense output). A step that would stop just short of its
+        # target (by rounding, or by under 0.1% of the step) is stretched onto it, rather than
+        # leaving a sliver of a step to take next.
         target = t_end if method.adaptive else ts[jnp.minimum(s.index, n_out - 1)]
-        dt = jnp.minimum(s.dt, target - s.t)
-        t1 = s.t + dt
-        t1 = jnp.where(t1 >= target, target, t1)
+        t1 = s.t + s.dt
+        slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
+        t1 = jnp.where(t1 >= target - slack, target, t1)
         dt = t1 - s.t
         y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0)
         nfe = s.nfe + method.evals_per_step
 
         if method.adaptive:
-            err = scaled_error(s.y, y1, y_err, rtol, atol, norm)
-            finite = jnp.isfinite(err)
+            err = scaled_error(s.y, y1, y_err, rtol, atol, norm).astype(tdtype)
+            # An infinite y1 can come with a finite (even zero) scaled error: reject it too.
+            finite = jnp.isfinite(err) & _all_finite(y1)
             accept = finite & (err <= 1.0)
-            factor = controller.factor(err, s.prev_err, accept, method.order)
+            factor = controller.factor(err, s.prev_err, accept, method.order, s.rejected)
             dt_next = (dt * factor).astype(tdtype)
             prev_err = jnp.where(accept, err, s.prev_err)
-            tiny = 16 * jnp.finfo(tdtype).eps * jnp.maximum(jnp.abs(s.t), jnp.abs(t_end))
-            underflow = (~accept) & (dt_next < tiny)
+            tiny = 16 * eps * jnp.maximum(jnp.abs(s.t), jnp.abs(t_end))
+            # Written so that a NaN step size (e.g. f(t0, y0) is NaN) also counts as underflow.
+            underflow = (~accept) & ~(dt_next >= tiny)
             failed = jnp.where(
                 ~finite | s.nonfinite, RESULTS.nonfinite, RESULTS.step_size_underflow
             )
             result = jnp.where(underflow, failed, s.result).astype(i32)
             nonfinite = jnp.where(accept, False, ~finite)
         else:
-            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(y1)]))
+            finite = _all_finite(y1)
             accept = finite
             dt_next = s.dt
             prev_err = s.prev_err
@@ -185,6 +202,7 @@ def integrate(
             num_steps=s.num_steps + 1,
             num_accepted=s.num_accepted + accept.astype(i32),
             num_rejected=s.num_rejected + (~accept).astype(i32),
+            rejected=~accept,
             nonfinite=nonfinite,
             result=result,
             aux=aux,

@@ -72,17 +72,18 @@ def _validate_ts(ts):
         ts = ts.astype(jnp.result_type(float))
     if _is_concrete(ts) and ts.shape[0] > 1:
         t = np.asarray(ts)
-        if not np.all(np.isfinite(t)):
-            raise ValueError(f"ts must be finite, got {t}")
-        d = np.diff(t)
-        if not (np.all(d > 0) or np.all(d < 0)):
-            i = int(np.argmax(np.sign(d) != np.sign(d[0]))) if np.any(d != 0) else 0
-            if d[0] == 0:
-                i = 0
+        bad = np.flatnonzero(~np.isfinite(t))
+        if bad.size:
+            raise ValueError(f"ts must be finite, got ts[{bad[0]}]={t[bad[0]]}")
+        # The first step sets the direction; name the first step that breaks it.
+        steps = np.sign(np.diff(t))
+        bad = np.flatnonzero((steps == 0) | (steps != steps[0]))
+        if bad.size:
+            i = bad[0] + 1
+            start = "" if i == 1 else f", but ts starts {'in' if steps[0] > 0 else 'de'}creasing"
             raise ValueError(
-                "ts must be strictly increasing or strictly decreasing; found "
-                f"ts[{i}]={t[i]}, ts[{i + 1}]={t[i + 1]}, ts[{i + 2 if i + 2 < len(t) else i + 1}]"
-                f"={t[min(i + 2, len(t) - 1)]}"
+                "ts must be strictly increasing or strictly decreasing; "
+                f"ts[{i}]={t[i]} follows ts[{i - 1}]={t[i - 1]}{start}"
             )
     return ts
 
@@ -99,7 +100,7 @@ def _check_ts_runtime(ts, tree):
 
 def _check_vector_field(f, t0, y0, args):
     try:
-        out = jax.eval_shape(f, t0, y0, args)
+        out = eqx.filter_eval_shape(f, t0, y0, args)
     except Exception as e:  # re-raised with context: which call failed
         raise type(e)(f"calling the vector field f(t, y, args) at ts[0] failed: {e}") from e
     y_struct = jax.tree.structure(y0)
@@ -219,7 +220,8 @@ def odeint(
     dt0_a = None if dt0 is None else jnp.abs(jnp.asarray(dt0, tdtype))
     n = ts.shape[0]
     if n > 1 and _is_concrete(ts):
-        direction = 1.0 if float(ts[-1]) > float(ts[0]) else -1.0
+        t_np = np.asarray(ts)  # ts[-1] would be staged out under jit even for constants
+        direction = 1.0 if t_np[-1] > t_np[0] else -1.0
     elif n > 1:
         direction = jnp.where(ts[-1] > ts[0], 1.0, -1.0).astype(tdtype)
     else:
