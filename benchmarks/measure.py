@@ -1,0 +1,236 @@
+"""Compile, count, time and measure one method on one problem.
+
+Conventions (stated in the report too):
+
+* Times are medians over interleaved rounds (every method's forward and gradient once per round)
+  after a warm-up call; JAX calls end in ``jax.block_until_ready``.
+* Compile time: ``jax.jit(fn).lower(params).compile()`` wall time (trace + lower + XLA compile).
+* NFE: vector-field executions counted by a host callback in a separately compiled copy (the timed
+  code has no callback). Forward = the forward solve; backward = gradient run minus forward, where
+  each backward execution is usually part of a VJP. torch: the module's own counter.
+* Memory: JAX: ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's temp buffers); all
+  methods: the peak RSS increase over one gradient call (Linux VmHWM, reset through
+  /proc/self/clear_refs), which includes allocator caching effects.
+* Unit cost: one vector-field evaluation (and one VJP of it w.r.t. state and parameters) timed
+  inside a compiled loop (JAX) or a Python loop (torch). Overhead = wall / (NFE x unit).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .methods import JAX_METHODS, TORCH_METHODS, counting
+
+
+def _status():
+    out = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, value = line.partition(":")
+            out[key] = value
+    return out
+
+
+def _kb(field: str) -> float:
+    return float(_status()[field].split()[0])
+
+
+def rss_peak_delta_mb(fn: Callable) -> float:
+    """Peak resident-set growth while running fn(), in MiB (NaN where the kernel can't say)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand cached free memory back to the OS first
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM to the current RSS
+        base = _kb("VmRSS")
+        fn()
+        return (_kb("VmHWM") - base) / 1024
+    except (OSError, AttributeError):
+        return float("nan")
+
+
+@dataclasses.dataclass
+class Runner:
+    """One method on one problem: zero-argument forward and gradient calls plus measurements."""
+
+    name: str
+    library: str  # "jax" or "torch"
+    fwd: Callable
+    grad: Callable
+    compile_fwd_s: float = float("nan")
+    compile_grad_s: float = float("nan")
+    temp_fwd_mb: float = float("nan")
+    temp_grad_mb: float = float("nan")
+    nfe_fwd: float = float("nan")
+    nfe_bwd: float = float("nan")
+    rss_grad_mb: float = float("nan")
+    times: dict = dataclasses.field(default_factory=lambda: {"fwd": [], "grad": []})
+
+
+def _aot(fn, *args):
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    temp = float("nan") if mem is None else mem.temp_size_in_bytes / 2**20
+    return compiled, seconds, temp
+
+
+def jax_runner(name: str, problem, count_nfe: bool = True) -> Runner:
+    build = JAX_METHODS[name]
+    solve = build(problem, problem.vf)
+    params = problem.params
+
+    def loss(p):
+        return problem.loss(solve(p))
+
+    fwd_c, cf, tf = _aot(solve, params)
+    grad_c, cg, tg = _aot(jax.grad(loss), params)
+    r = Runner(
+        name,
+        "jax",
+        fwd=lambda: jax.block_until_ready(fwd_c(params)),
+        grad=lambda: jax.block_until_ready(grad_c(params)),
+        compile_fwd_s=cf,
+        compile_grad_s=cg,
+        temp_fwd_mb=tf,
+        temp_grad_mb=tg,
+    )
+    if count_nfe:
+        counter = [0]
+        solve_c = build(problem, counting(problem.vf, counter))
+        jax.block_until_ready(jax.jit(solve_c)(params))
+        jax.effects_barrier()
+        r.nfe_fwd = counter[0]
+        counter[0] = 0
+        jax.block_until_ready(jax.jit(jax.grad(lambda p: problem.loss(solve_c(p))))(params))
+        jax.effects_barrier()
+        r.nfe_bwd = counter[0] - r.nfe_fwd
+    return r
+
+
+def torch_runner(name: str, problem) -> Runner:
+    import torch
+
+    func, y0, ts, loss = problem.make_torch()
+    solve = TORCH_METHODS[name]
+    params = list(func.parameters())
+
+    def fwd():
+        with torch.no_grad():
+            return solve(func, y0, ts, problem.rtol, problem.atol)
+
+    def grad():
+        for p in params:
+            p.grad = None
+        loss(solve(func, y0, ts, problem.rtol, problem.atol)).backward()
+        return [p.grad for p in params]
+
+    r = Runner(name, "torch", fwd=fwd, grad=grad)
+    func.nfe = 0
+    fwd()
+    r.nfe_fwd = func.nfe
+    func.nfe = 0
+    for p in params:
+        p.grad = None
+    value = loss(solve(func, y0, ts, problem.rtol, problem.atol))
+    n_forward = func.nfe
+    value.backward()
+    r.nfe_bwd = func.nfe - n_forward
+    return r
+
+
+def jax_unit_costs(problem) -> tuple[float, float]:
+    """Seconds per vector-field evaluation and per VJP, inside a compiled loop."""
+    vf, p, y0 = problem.vf, problem.params, problem.y0
+    t = problem.ts[0]
+
+    def evals(n, y):
+        return jax.lax.fori_loop(0, n, lambda i, y: y + 1e-6 * vf(t, y, p), y)
+
+    def vjps(n, y):
+        def body(i, c):
+            y, a, acc = c
+            fy, pull = jax.vjp(lambda y_, p_: vf(t, y_, p_), y, p)
+            gy, gp = pull(a)
+            acc = jax.tree.map(lambda x, g: x + g, acc, gp)
+            return y + 1e-6 * fy, a + 1e-6 * gy, acc
+
+        acc = jax.tree.map(jnp.zeros_like, p)
+        return jax.lax.fori_loop(0, n, body, (y, jnp.ones_like(y), acc))
+
+    return _per_call(jax.jit(evals), y0), _per_call(jax.jit(vjps), y0)
+
+
+def _per_call(fn, y0, target_s: float = 0.3) -> float:
+    jax.block_until_ready(fn(2, y0))
+    n = 2
+    while True:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(n, y0))
+        dt = time.perf_counter() - t0
+        if dt > target_s / 4 or n > 10**6:
+            break
+        n *= 4
+    n = max(2, int(n * target_s / max(dt, 1e-9)))
+    samples = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(n, y0))
+        samples.append((time.perf_counter() - t0) / n)
+    return float(np.median(samples))
+
+
+def pick_torch_threads(problem) -> int:
+    """The faster of 1 thread and all cores for torch on this problem's vector field.
+
+    With 2 threads on a busy 2-core machine, OpenMP's barriers made a small conv ~100x slower
+    than with 1 thread, so torch gets the better of the two (chosen per problem, reported).
+    """
+    import torch
+
+    best = None
+    for threads in sorted({1, os.cpu_count() or 1}):
+        torch.set_num_threads(threads)
+        f_s, _ = torch_unit_costs(problem, target_s=0.1)
+        if best is None or f_s < best[1]:
+            best = (threads, f_s)
+    torch.set_num_threads(best[0])
+    return best[0]
+
+
+def torch_unit_costs(problem, target_s: float = 0.3) -> tuple[float, float]:
+    import torch
+
+    func, y0, ts, _ = problem.make_torch()
+    t = ts[0]
+    params = list(func.parameters())
+
+    def time_loop(step):
+        step()
+        n, elapsed = 0, 0.0
+        t0 = time.perf_counter()
+        while elapsed < target_s:
+            step()
+            n += 1
+            elapsed = time.perf_counter() - t0
+        return elapsed / n
+
+    def evaluate():
+        with torch.no_grad():
+            func(t, y0)
+
+    a = torch.ones_like(y0)
+
+    def vjp():
+        y = y0.detach().requires_grad_(True)
+        torch.autograd.grad(func(t, y), [y, *params], grad_outputs=a)
+
+    return time_loop(evaluate), time_loop(vjp)

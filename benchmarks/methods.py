@@ -1,0 +1,137 @@
+"""The solvers compared: every one is dopri5 at the problem's rtol/atol, saving at problem.ts.
+
+A JAX method is ``solve(problem, vf) -> (params -> ys)`` (``vf`` may be a counting wrapper of
+``problem.vf``); a torch method is ``solve(func, y0, ts, rtol, atol) -> ys``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+import ode_jax
+
+# Names of the JAX reference implementations ("anchors") the ratios are taken against.
+ANCHORS = ("diffrax-rca", "diffrax-backsolve", "jax.experimental.ode")
+
+
+def _ode_jax(adjoint: str) -> Callable:
+    def build(problem, vf):
+        def solve(params):
+            sol = ode_jax.odeint(
+                vf,
+                problem.y0,
+                problem.ts,
+                params,
+                solver="dopri5",
+                rtol=problem.rtol,
+                atol=problem.atol,
+                adjoint=adjoint,
+            )
+            return sol.ys
+
+        return solve
+
+    return build
+
+
+def _diffrax(adjoint_name: str) -> Callable:
+    def build(problem, vf):
+        import diffrax
+
+        adjoint = (
+            diffrax.RecursiveCheckpointAdjoint()
+            if adjoint_name == "rca"
+            else diffrax.BacksolveAdjoint()
+        )
+        term = diffrax.ODETerm(vf)
+        ts = problem.ts
+
+        def solve(params):
+            sol = diffrax.diffeqsolve(
+                term,
+                diffrax.Dopri5(),
+                ts[0],
+                ts[-1],
+                None,
+                problem.y0,
+                params,
+                saveat=diffrax.SaveAt(ts=ts),
+                stepsize_controller=diffrax.PIDController(rtol=problem.rtol, atol=problem.atol),
+                adjoint=adjoint,
+                max_steps=4096,
+            )
+            return sol.ys
+
+        return solve
+
+    return build
+
+
+def _jax_experimental(problem, vf):
+    from jax.experimental.ode import odeint
+
+    def solve(params):
+        return odeint(
+            lambda y, t, p: vf(t, y, p),
+            problem.y0,
+            problem.ts,
+            params,
+            rtol=problem.rtol,
+            atol=problem.atol,
+        )
+
+    return solve
+
+
+JAX_METHODS: dict[str, Callable] = {
+    "ode_jax-discrete": _ode_jax("discrete"),
+    "ode_jax-continuous": _ode_jax("continuous"),
+    "diffrax-rca": _diffrax("rca"),
+    "diffrax-backsolve": _diffrax("backsolve"),
+    "jax.experimental.ode": _jax_experimental,
+}
+
+
+def _torchdiffeq(adjoint: bool) -> Callable:
+    def solve(func, y0, ts, rtol, atol):
+        import torchdiffeq
+
+        fn = torchdiffeq.odeint_adjoint if adjoint else torchdiffeq.odeint
+        return fn(func, y0, ts, rtol=rtol, atol=atol, method="dopri5")
+
+    return solve
+
+
+TORCH_METHODS: dict[str, Callable] = {
+    "torchdiffeq": _torchdiffeq(False),
+    "torchdiffeq-adjoint": _torchdiffeq(True),
+}
+
+
+def counting(vf: Callable, counter: list) -> Callable:
+    """``vf`` that adds one to ``counter[0]`` (from the host) every time it is executed."""
+
+    def bump():
+        counter[0] += 1
+
+    def wrapped(t, y, args):
+        jax.debug.callback(bump)
+        return vf(t, y, args)
+
+    return wrapped
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+        import torchdiffeq  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def zero_like_params(params):
+    return jax.tree.map(jnp.zeros_like, params)

@@ -1,0 +1,279 @@
+"""Side-by-side speed/memory benchmark: ode_jax vs diffrax, jax.experimental.ode, torchdiffeq.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.run                       # all cases, ~10 minutes on 2 CPU cores
+    python -m benchmarks.run --quick               # small sizes, few repeats, ~1-2 minutes
+    python -m benchmarks.run --cases odenet --repeats 9 --out benchmarks/results.md
+
+Everything runs in one process; see benchmarks/measure.py for what each column means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from .measure import (
+    jax_runner,
+    jax_unit_costs,
+    pick_torch_threads,
+    rss_peak_delta_mb,
+    torch_runner,
+    torch_unit_costs,
+)
+from .methods import ANCHORS, JAX_METHODS, TORCH_METHODS, torch_available
+from .problems import PROBLEMS
+
+# Issue targets: ratios of ode_jax's row to the best JAX anchor in the same run.
+TARGETS = {"fwd": 1.0, "grad": 0.8, "compile_grad": 1.0, "vs_torch_grad": 1.5, "overhead": 1.2}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--cases", default="mlp,odenet,spiral", help="comma list of " + str(PROBLEMS))
+    p.add_argument(
+        "--methods",
+        default="all",
+        help="comma list of " + ", ".join([*JAX_METHODS, *TORCH_METHODS]) + " (default all)",
+    )
+    p.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
+    p.add_argument(
+        "--budget", type=float, default=45.0, help="seconds of timing per case (caps repeats)"
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds, 8 s per case")
+    p.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
+    p.add_argument("--no-nfe", action="store_true", help="skip NFE counting (saves compiles)")
+    p.add_argument("--out", default="benchmarks/results.md", help="markdown report ('' = none)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats = min(args.repeats, 3)
+        args.budget = min(args.budget, 8.0)
+    return args
+
+
+def _median_ms(xs):
+    return 1e3 * float(np.median(xs)) if xs else float("nan")
+
+
+def run_case(problem, methods, args, log):
+    runners = []
+    torch_threads = None
+    if any(m in TORCH_METHODS for m in methods):
+        torch_threads = pick_torch_threads(problem)
+        log(f"  torch threads: {torch_threads}")
+    for name in methods:
+        log(f"  compiling {name} ...")
+        if name in JAX_METHODS:
+            runners.append(jax_runner(name, problem, count_nfe=not args.no_nfe))
+        else:
+            runners.append(torch_runner(name, problem))
+    for r in runners:  # warm-up
+        t0 = time.perf_counter()
+        r.fwd()
+        r.grad()
+        r.warm_s = time.perf_counter() - t0
+    round_s = sum(r.warm_s for r in runners)
+    repeats = int(max(3, min(args.repeats, args.budget // max(round_s, 1e-9))))
+    log(f"  timing {repeats} interleaved rounds (~{round_s:.2f} s each) ...")
+    for i in range(repeats):
+        # Rotate the order so that no method always runs right after the same neighbour.
+        for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
+            for kind in ("fwd", "grad"):
+                t0 = time.perf_counter()
+                getattr(r, kind)()
+                r.times[kind].append(time.perf_counter() - t0)
+    for r in runners:
+        r.rss_grad_mb = rss_peak_delta_mb(r.grad)
+    units = {"jax": jax_unit_costs(problem)}
+    if any(r.library == "torch" for r in runners):
+        units["torch"] = torch_unit_costs(problem)
+    return runners, units, repeats, torch_threads
+
+
+def summarise(runners, units):
+    rows = []
+    for r in runners:
+        t_f, t_vjp = units[r.library]
+        fwd, grad = _median_ms(r.times["fwd"]), _median_ms(r.times["grad"])
+        # A method that backpropagates through its stored forward graph evaluates nothing
+        # backwards but pays one VJP per forward evaluation.
+        n_vjp = r.nfe_bwd if r.nfe_bwd > 0 else r.nfe_fwd
+        rows.append(
+            dict(
+                method=r.name,
+                fwd=fwd,
+                grad=grad,
+                compile_fwd=r.compile_fwd_s,
+                compile_grad=r.compile_grad_s,
+                nfe_fwd=r.nfe_fwd,
+                nfe_bwd=r.nfe_bwd,
+                temp_grad=r.temp_grad_mb,
+                rss_grad=r.rss_grad_mb,
+                ovh_fwd=fwd / 1e3 / (r.nfe_fwd * t_f),
+                ovh_grad=grad / 1e3 / (r.nfe_fwd * t_f + n_vjp * t_vjp),
+            )
+        )
+    best = {}
+    for key in ("fwd", "grad", "compile_grad"):
+        vals = [row[key] for row in rows if row["method"] in ANCHORS and np.isfinite(row[key])]
+        best[key] = min(vals) if vals else float("nan")
+    for row in rows:
+        for key in ("fwd", "grad", "compile_grad"):
+            row[f"x_{key}"] = row[key] / best[key]
+    return rows
+
+
+COLUMNS = [
+    ("method", "method", "{}"),
+    ("fwd", "fwd ms", "{:.1f}"),
+    ("grad", "grad ms", "{:.1f}"),
+    ("x_fwd", "fwd x", "{:.2f}"),
+    ("x_grad", "grad x", "{:.2f}"),
+    ("compile_fwd", "compile fwd s", "{:.2f}"),
+    ("compile_grad", "compile grad s", "{:.2f}"),
+    ("x_compile_grad", "compile grad x", "{:.2f}"),
+    ("nfe_fwd", "NFE fwd", "{:.0f}"),
+    ("nfe_bwd", "NFE bwd", "{:.0f}"),
+    ("temp_grad", "XLA temp MB (grad)", "{:.1f}"),
+    ("rss_grad", "RSS peak MB (grad)", "{:.1f}"),
+    ("ovh_fwd", "overhead fwd", "{:.2f}"),
+    ("ovh_grad", "overhead grad", "{:.2f}"),
+]
+
+
+def table(rows) -> str:
+    def fmt(spec, v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return "–"
+        return spec.format(v)
+
+    lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(spec, row[key]) for key, _, spec in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def target_check(case, rows) -> list[str]:
+    """One line per issue target for each ode_jax row."""
+    out = []
+    by_name = {r["method"]: r for r in rows}
+    torch_row = by_name.get("torchdiffeq")
+    for name in ("ode_jax-discrete", "ode_jax-continuous"):
+        r = by_name.get(name)
+        if r is None:
+            continue
+        checks = [
+            ("fwd / best JAX", r["x_fwd"], TARGETS["fwd"]),
+            ("grad / best JAX", r["x_grad"], TARGETS["grad"]),
+            ("grad compile / best JAX", r["x_compile_grad"], TARGETS["compile_grad"]),
+        ]
+        if case == "odenet":
+            if torch_row is not None:
+                checks.append(
+                    ("grad / torchdiffeq", r["grad"] / torch_row["grad"], TARGETS["vs_torch_grad"])
+                )
+            checks.append(("overhead fwd", r["ovh_fwd"], TARGETS["overhead"]))
+            checks.append(("overhead grad", r["ovh_grad"], TARGETS["overhead"]))
+        for label, value, target in checks:
+            ok = "ok" if value <= target else "MISSED"
+            out.append(f"- {case} {name}: {label} = {value:.2f} (target <= {target}) {ok}")
+    return out
+
+
+def machine_description() -> str:
+    import jax
+
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    libs = [f"jax {jax.__version__}"]
+    for mod in ("jaxlib", "equinox", "diffrax", "torch", "torchdiffeq"):
+        try:
+            libs.append(f"{mod} {__import__(mod).__version__}")
+        except ImportError:
+            pass
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}, JAX backend {jax.default_backend()}; "
+        f"{'; '.join(libs)}. Load average at the end: {load}."
+    )
+
+
+def main(argv=None):
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    for c in cases:
+        if c not in PROBLEMS:
+            sys.exit(f"unknown case {c!r}; choose from {sorted(PROBLEMS)}")
+    methods = [*JAX_METHODS, *TORCH_METHODS] if args.methods == "all" else args.methods.split(",")
+    for m in methods:
+        if m not in JAX_METHODS and m not in TORCH_METHODS:
+            sys.exit(f"unknown method {m!r}; choose from {[*JAX_METHODS, *TORCH_METHODS]}")
+    if args.no_torch or not torch_available():
+        methods = [m for m in methods if m not in TORCH_METHODS]
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    sections, checks = [], []
+    for case in cases:
+        problem = PROBLEMS[case](quick=args.quick)
+        log(f"{problem.title}")
+        t0 = time.perf_counter()
+        runners, units, repeats, torch_threads = run_case(problem, methods, args, log)
+        rows = summarise(runners, units)
+        unit_lines = ", ".join(
+            f"{lib}: f {1e3 * f:.3f} ms, vjp {1e3 * v:.3f} ms" for lib, (f, v) in units.items()
+        )
+        text = (
+            f"### {problem.title}\n\n{table(rows)}\n\n"
+            f"Medians of {repeats} interleaved rounds; one vector-field evaluation ({unit_lines}); "
+            + (f"torch threads: {torch_threads}; " if torch_threads else "")
+            + f"case took {time.perf_counter() - t0:.0f} s.\n"
+        )
+        print(text, flush=True)
+        sections.append(text)
+        checks += target_check(case, rows)
+
+    total = time.perf_counter() - t_start
+    header = (
+        "# ode_jax benchmarks\n\n"
+        f"Command: `python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`"
+        f"  \nDate: {datetime.datetime.now().isoformat(timespec='minutes')}  \n"
+        f"Machine: {machine_description()}  \nTotal run time: {total:.0f} s.\n\n"
+        "Ratios (x) are to the best JAX anchor (diffrax RecursiveCheckpointAdjoint, diffrax "
+        "BacksolveAdjoint, jax.experimental.ode) in the same run. NFE counts vector-field "
+        "executions (a VJP counts once). XLA temp = compiled memory_analysis() temp size; RSS "
+        "peak = growth of the process's peak RSS over one gradient call (the only memory figure "
+        "for torch). Overhead = wall / (NFE x one evaluation), gradient: NFE_fwd x f + "
+        "NFE_bwd x vjp (NFE_fwd VJPs for direct backprop). Compile = lower + compile.\n"
+    )
+    report = header + "\n" + "\n".join(sections)
+    if checks:
+        report += "\n### Issue targets\n\n" + "\n".join(checks) + "\n"
+        print("\n".join(checks))
+    print(f"\ntotal {total:.0f} s")
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(report)
+        log(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
