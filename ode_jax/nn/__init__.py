@@ -2,6 +2,16 @@
 
 from ._block import ODEBlock as ODEBlock
 from ._conv import ConcatConv2d as ConcatConv2d
+from ._latent import LatentODE as LatentODE
+from ._latent import ODERNNEncoder as ODERNNEncoder
+from ._latent import RecognitionRNN as RecognitionRNN
+from ._latent import RNNBaseline as RNNBaseline
+from ._latent import TanhRNNCell as TanhRNNCell
+from ._latent import gaussian_kl as gaussian_kl
+from ._latent import gaussian_log_density as gaussian_log_density
+from ._latent import latent_ode_elbo as latent_ode_elbo
+from ._latent import solve_on_union as solve_on_union
+from ._latent import solve_per_sequence as solve_per_sequence
 from ._linear import ConcatLinear as ConcatLinear
 from ._linear import ConcatSquashLinear as ConcatSquashLinear
 from ._linear import PlainLinear as PlainLinear

@@ -1,0 +1,289 @@
+"""Latent ODE vs RNN baselines on irregularly sampled spirals (paper Section 5, Table 2).
+
+Three models train on the same batches of the same spirals, each seeing ``n_obs`` noisy points
+per spiral drawn without replacement from the first ``n_grid`` grid times: the latent ODE
+(ELBO), an RNN, and an RNN that also reads the time gap (both Gaussian likelihoods). Each is
+scored by the RMSE of its prediction at the ``n_extrap`` grid times after the window, against
+the noise-free and the noisy trajectory, on held-out spirals (and on training spirals).
+
+    python -m experiments.latent_ode --n-obs 30 --out runs/latent_ode/n30   # --help: all flags
+    python -m experiments.latent_ode table runs/latent_ode/n{30,50,100} --out results/latent_ode
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import shutil
+import sys
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.latent_ode import SMOKE, LatentODEConfig
+from experiments import common
+from experiments.common import report
+from ode_jax.data import make_spirals, sample_observation_indices
+from ode_jax.nn import LatentODE, RNNBaseline, latent_ode_elbo
+
+MODELS = ("latent_ode", "rnn", "rnn_gap")
+LABELS = {"latent_ode": "Latent ODE", "rnn": "RNN", "rnn_gap": "RNN + time gap"}
+
+
+class Models(eqx.Module):
+    """The three models, trained side by side (disjoint parameters, summed losses)."""
+
+    latent_ode: LatentODE
+    rnn: RNNBaseline | None
+    rnn_gap: RNNBaseline | None
+
+
+@functools.lru_cache(maxsize=4)
+def datasets(cfg: LatentODEConfig):
+    """``(train, test)``: spirals plus each spiral's fixed observation indices (S, n_obs)."""
+    kw = dict(
+        n_grid=cfg.n_grid,
+        n_extrap=cfg.n_extrap,
+        dt=cfg.dt,
+        a=cfg.spiral_a,
+        b=cfg.spiral_b,
+        theta0_range=(cfg.theta0_min, cfg.theta0_max),
+        noise_std=cfg.noise_std,
+    )
+    out = []
+    for i, num in enumerate((cfg.num_train, cfg.num_test)):
+        seed = cfg.data_seed + i
+        spirals = make_spirals(seed, num, **kw)
+        # The subset depends on (seed, n_obs) only: the same spirals for every model.
+        idx = sample_observation_indices(seed + 1000 * cfg.n_obs, num, cfg.n_grid, cfg.n_obs)
+        out.append((spirals, idx))
+    return tuple(out)
+
+
+def solver_kwargs(cfg: LatentODEConfig, probe=None) -> dict:
+    return dict(solver=cfg.solver, rtol=cfg.rtol, atol=cfg.atol, adjoint=cfg.adjoint, probe=probe)
+
+
+def observed(spirals, idx):
+    """Observed values (S, n, 2) and times (S, n) of ``spirals`` at grid indices ``idx``."""
+    x = np.take_along_axis(spirals.noisy, idx[..., None], axis=1)
+    return x, spirals.ts[idx]
+
+
+def predict(models: Models, x_BND, t_BN, cfg: LatentODEConfig, ts_T) -> dict:
+    """Each model's prediction on the whole grid ``ts_T`` (latent ODE; uses the posterior mean)
+    or on the extrapolation part (RNNs): arrays (B, T or n_extrap, 2); plus the latent path."""
+    lode = models.latent_ode
+    mean, _ = lode.encode(x_BND, t_BN, ts_T[0])
+    z_TBL, _ = lode.trajectory(mean, ts_T, **solver_kwargs(cfg))
+    out = {"latent_ode": jnp.swapaxes(lode.decode(z_TBL), 0, 1), "z": jnp.swapaxes(z_TBL, 0, 1)}
+    future = ts_T[cfg.n_grid :]
+    for name in MODELS[1:]:
+        rnn = getattr(models, name)
+        if rnn is not None:
+            out[name] = jax.vmap(rnn.extrapolate, in_axes=(0, 0, None))(x_BND, t_BN, future)
+    return out
+
+
+def grid_times(cfg: LatentODEConfig) -> np.ndarray:
+    """The spirals' time grid (as make_spirals builds it), as numpy: concrete inside jit."""
+    return (cfg.dt * np.arange(cfg.n_grid + cfg.n_extrap)).astype(np.float32)
+
+
+@eqx.filter_jit
+def _predict_jit(models, x, t, cfg):
+    return predict(models, x, t, cfg, grid_times(cfg))
+
+
+def scores(models: Models, cfg: LatentODEConfig, spirals, idx, prefix: str) -> dict:
+    """Extrapolation RMSE of each model against the clean and the noisy trajectory."""
+    x, t = observed(spirals, idx)
+    pred = _predict_jit(models, x, t, cfg)
+    n = cfg.n_grid
+    out = {}
+    for name in MODELS:
+        if name not in pred:
+            continue
+        p = np.asarray(pred[name])[:, -cfg.n_extrap :]
+        for kind in ("clean", "noisy"):
+            truth = getattr(spirals, kind)[:, n:]
+            out[f"{prefix}{name}_{kind}"] = float(np.sqrt(np.mean((p - truth) ** 2)))
+    interp = np.asarray(pred["latent_ode"])[:, :n] - spirals.clean[:, :n]
+    out[f"{prefix}latent_ode_interp_clean"] = float(np.sqrt(np.mean(interp**2)))
+    return out
+
+
+def build(cfg: LatentODEConfig) -> common.Task:
+    (train, train_idx), (test, test_idx) = datasets(cfg)
+    x_all, t_all = (jnp.asarray(a) for a in observed(train, train_idx))
+    idx_all = jnp.asarray(train_idx)
+    grid = train.ts[: cfg.n_grid]  # numpy: concrete times inside jit
+    obs_logvar = 2 * np.log(cfg.obs_std)
+    num_eval_train = min(cfg.num_train, cfg.num_test)
+
+    def init_model(key):
+        k1, k2, k3 = jax.random.split(key, 3)
+        lode = LatentODE(
+            2,
+            cfg.latent_size,
+            rnn_hidden=cfg.rnn_hidden,
+            field_width=cfg.field_width,
+            decoder_width=cfg.decoder_width,
+            encoder=cfg.encoder,
+            cell=cfg.cell,
+            key=k1,
+        )
+        rnn, rnn_gap = (
+            RNNBaseline(2, cfg.rnn_hidden, use_gap=gap, cell=cfg.cell, key=k)
+            if cfg.baselines
+            else None
+            for gap, k in ((False, k2), (True, k3))
+        )
+        return Models(lode, rnn, rnn_gap)
+
+    @jax.jit
+    def get_batch(key):
+        rows = jax.random.choice(key, cfg.num_train, (cfg.batch_size,), replace=False)
+        return {"x": x_all[rows], "t": t_all[rows], "idx": idx_all[rows]}
+
+    def loss(models: Models, batch, key, probe):
+        x, t, idx = batch["x"], batch["t"], batch["idx"]
+        log_lik, kl, stats = latent_ode_elbo(
+            models.latent_ode, x, t, idx, grid, obs_logvar, key, **solver_kwargs(cfg, probe)
+        )
+        points = cfg.n_obs * x.shape[-1]
+        elbo = jnp.mean(log_lik - kl) / points
+        total = -jnp.mean(log_lik - cfg.kl_weight * kl) / points
+        aux = {"nfe_fwd": stats["nfe"], "elbo_per_point": elbo, "kl": jnp.mean(kl)}
+        for name in MODELS[1:]:
+            rnn = getattr(models, name)
+            if rnn is not None:
+                nll = -jnp.mean(jax.vmap(rnn.log_likelihood)(x, t)) / ((cfg.n_obs - 1) * 2)
+                total = total + nll
+                aux[f"{name}_nll_per_point"] = nll
+        return total, aux
+
+    head = dataclasses.replace(
+        train,
+        clean=train.clean[:num_eval_train],
+        noisy=train.noisy[:num_eval_train],
+        clockwise=train.clockwise[:num_eval_train],
+    )
+
+    def evaluate(models: Models) -> dict:
+        return scores(models, cfg, test, test_idx, "test_") | scores(
+            models, cfg, head, train_idx[:num_eval_train], "train_"
+        )
+
+    curve = ("test_latent_ode_clean",) + (
+        ("test_rnn_clean", "test_rnn_gap_clean") if cfg.baselines else ()
+    )
+    return common.Task(init_model, get_batch, loss, evaluate, curve_keys=curve)
+
+
+def finish(cfg: LatentODEConfig, task, result: common.TrainResult, out: Path) -> dict:
+    """Figures of a few test spirals; the final RMSEs."""
+    _, (test, test_idx) = datasets(cfg)
+    k = cfg.num_plot
+    x, t = observed(test, test_idx)
+    pred = jax.tree.map(np.asarray, _predict_jit(result.model, x[:k], t[:k], cfg))
+    plot_extrapolations(out / "extrapolations.png", cfg, test, x[:k], t[:k], pred)
+    plot_latents(out / "latent_trajectories.png", cfg, test, pred["z"], test.clockwise[:k])
+    return {"n_obs": cfg.n_obs, "figures": sorted(p.name for p in out.glob("*.png"))}
+
+
+def plot_extrapolations(path, cfg, spirals, x, t, pred):
+    import matplotlib.pyplot as plt
+
+    k = x.shape[0]
+    fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.8))
+    n = cfg.n_grid
+    for i, ax in enumerate(np.atleast_1d(axes)):
+        ax.plot(*spirals.clean[i].T, color="0.75", lw=3, label="ground truth")
+        ax.plot(*pred["latent_ode"][i, :n].T, "C0-", lw=1.2, label="latent ODE (window)")
+        ax.plot(*pred["latent_ode"][i, n:].T, "C0--", lw=1.5, label="latent ODE (extrap.)")
+        for name, c in (("rnn", "C3"), ("rnn_gap", "C2")):
+            if name in pred:
+                ax.plot(*pred[name][i].T, f"{c}:", lw=1.5, label=f"{LABELS[name]} (extrap.)")
+        ax.plot(*x[i].T, "k.", ms=4, label=f"{cfg.n_obs} observations")
+        ax.set(aspect="equal", xticks=[], yticks=[])
+    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"test spirals, n = {cfg.n_obs}: observed window then {cfg.n_extrap} steps")
+    report.save_figure(fig, path)
+
+
+def plot_latents(path, cfg, spirals, z_BTL, clockwise):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, z_BTL.shape[-1], figsize=(3 * z_BTL.shape[-1], 2.8))
+    for j, ax in enumerate(np.atleast_1d(axes)):
+        for i in range(z_BTL.shape[0]):
+            style = "C1-" if clockwise[i] else "C0-"
+            ax.plot(spirals.ts, z_BTL[i, :, j], style, lw=1)
+        ax.axvline(spirals.ts[cfg.n_grid - 1], color="0.6", ls=":")
+        ax.set(title=f"z{j}", xlabel="t")
+    fig.suptitle("learned latent trajectories (blue: counter-clockwise, orange: clockwise)")
+    report.save_figure(fig, path)
+
+
+PAPER = {  # Table 2 of Chen et al. 2018: predictive RMSE, n = 30 / 50 / 100
+    "rnn": {30: 0.3937, 50: 0.3202, 100: 0.1813},
+    "latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346},
+}
+
+
+def write_table(run_dirs, out) -> str:
+    """Collect finished runs (one per n) into ``out``: metrics.json/csv, table.md, figures."""
+    import json
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for d in map(Path, run_dirs):
+        metrics = json.loads((d / "metrics.json").read_text())
+        cfg = json.loads((d / "config.json").read_text())
+        n = cfg["n_obs"]
+        rows.append(dict(n_obs=n, steps=metrics["steps"], **metrics["final_eval"]))
+        shutil.copy(d / "config.json", out / f"config_n{n}.json")
+        for fig in ("extrapolations", "latent_trajectories", "training_curve"):
+            shutil.copy(d / f"{fig}.png", out / f"{fig}_n{n}.png")
+    rows.sort(key=lambda r: r["n_obs"])
+    report.write_json(out / "metrics.json", rows)
+    report.write_csv(out / "metrics.csv", rows)
+    ns = [r["n_obs"] for r in rows]
+    head = "| Model | " + " | ".join(f"n = {n}" for n in ns) + " |\n"
+    head += "|---|" + "---|" * len(ns) + "\n"
+    lines = [head]
+    for name in MODELS:
+        if name in PAPER:
+            paper = " | ".join(f"{PAPER[name].get(n, float('nan')):.4f}" for n in ns)
+            lines.append(f"| {LABELS[name]} (paper) | {paper} |\n")
+        for kind in ("clean", "noisy"):
+            key = f"test_{name}_{kind}"
+            if all(key in r for r in rows):
+                vals = " | ".join(f"{r[key]:.4f}" for r in rows)
+                lines.append(f"| {LABELS[name]} (ours, vs {kind}) | {vals} |\n")
+    table = "".join(lines)
+    (out / "table.md").write_text(table)
+    return table
+
+
+def main(argv=None) -> dict | str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["table"]:
+        rest = argv[1:]
+        out = rest[rest.index("--out") + 1] if "--out" in rest else "results/latent_ode"
+        runs = [
+            a for i, a in enumerate(rest) if a != "--out" and (i == 0 or rest[i - 1] != "--out")
+        ]
+        table = write_table(runs, out)
+        print(table)
+        return table
+    return common.main(LatentODEConfig, SMOKE, build, finish, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""Latent ODEs for irregularly sampled time series (Chen et al. 2018, Section 5) and baselines.
+
+Generative model: ``z0 ~ N(0, I)``, ``z(t) = ODESolve(f, z0, t)``,
+``x_i ~ N(decoder(z(t_i)), s^2)``.
+Inference: a recognition network reads the observations backwards in time and returns
+``q(z0 | x) = N(mean, exp(logvar))``; training maximises the ELBO.
+
+Shapes: ``B`` sequences, ``N`` observations each, ``T`` grid times, ``D`` observed dims,
+``L`` latent dims, ``H`` hidden units. Encoders and baselines act on one sequence
+(``jax.vmap`` them over ``B``); :meth:`LatentODE.trajectory` solves a batch at once.
+
+Batched solving. A batch whose observation times all lie on one grid (irregular subsamples of
+a regular grid, as here) is solved once on the union of the times with the batch as one state
+(:func:`solve_on_union`, one adaptive step sequence for the batch, no per-sequence bookkeeping),
+and each sequence reads its own times through a mask. :func:`solve_per_sequence` is the
+general alternative (``vmap`` of ``odeint`` over per-sequence time arrays); both agree to
+solver tolerance (tests/test_latent_ode.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._odeint import odeint
+from ._linear import _apply
+from ._mlp import MLPField
+
+
+def _call_field(t, y, field):
+    return field(t, y)
+
+
+def gaussian_kl(mean_q, logvar_q, mean_p=0.0, logvar_p=0.0):
+    """KL(N(mean_q, exp(logvar_q)) || N(mean_p, exp(logvar_p))) of diagonal Gaussians, summed
+    over the last axis."""
+    var_ratio = jnp.exp(logvar_q - logvar_p)
+    diff2 = (mean_q - mean_p) ** 2 * jnp.exp(-logvar_p)
+    return 0.5 * jnp.sum(var_ratio + diff2 - 1.0 - (logvar_q - logvar_p), axis=-1)
+
+
+def gaussian_log_density(x, mean, logvar):
+    """Elementwise ``log N(x; mean, exp(logvar))``."""
+    return -0.5 * (jnp.log(2 * jnp.pi) + logvar + (x - mean) ** 2 * jnp.exp(-logvar))
+
+
+def solve_on_union(field: Callable, z0_BL, ts_T, **odeint_kwargs):
+    """``z`` at every time of ``ts_T`` for every row of ``z0_BL``: ``(z_TBL, stats)``.
+
+    The batch is one ODE state, so the rows share one step-size sequence; the dynamics act
+    row-wise (``field`` maps ``(B, L) -> (B, L)``), so each row is its own trajectory.
+    """
+    sol = odeint(_call_field, z0_BL, ts_T, field, **odeint_kwargs)
+    return sol.ys, sol.stats
+
+
+def solve_per_sequence(field: Callable, z0_BL, ts_BN, **odeint_kwargs):
+    """``z`` of row ``b`` at its own times ``ts_BN[b]`` (each starting at ``ts_BN[b, 0]``):
+    ``(z_BNL, stats)`` via ``vmap`` of ``odeint`` (each row keeps its own step sizes)."""
+
+    def one(z0, ts):
+        sol = odeint(_call_field, z0, ts, field, **odeint_kwargs)
+        return sol.ys, sol.stats
+
+    return jax.vmap(one)(z0_BL, ts_BN)
+
+
+class TanhRNNCell(eqx.Module):
+    """Elman cell ``h' = tanh(W [x, h] + b)`` (torchdiffeq's RecognitionRNN)."""
+
+    linear: eqx.nn.Linear
+
+    def __init__(self, input_size: int, hidden_size: int, *, key: jax.Array):
+        self.linear = eqx.nn.Linear(input_size + hidden_size, hidden_size, key=key)
+
+    def __call__(self, x, h):
+        return jnp.tanh(_apply(self.linear, jnp.concatenate([x, h], axis=-1)))
+
+
+def make_cell(kind: Literal["gru", "tanh"], input_size: int, hidden_size: int, key):
+    if kind == "gru":
+        return eqx.nn.GRUCell(input_size, hidden_size, key=key)
+    if kind == "tanh":
+        return TanhRNNCell(input_size, hidden_size, key=key)
+    raise ValueError(f"cell={kind!r} is not one of ('gru', 'tanh')")
+
+
+def _gaps_back_to(t_N, t0):
+    """``t_i - t_{i-1}`` with ``t_{-1} = t0``: (N,)."""
+    return jnp.diff(t_N, prepend=jnp.asarray(t0, t_N.dtype)[None])
+
+
+class RecognitionRNN(eqx.Module):
+    """``q(z0)`` from an RNN run backwards in time over ``(x_i, t_i - t_{i-1})`` pairs.
+
+    The last pair it reads is ``(x_0, t_0 - t0)``, so it knows how far the first observation is
+    from ``t0``, the time of ``z0``. ``enc(x_ND, t_N, t0) -> (mean_L, logvar_L)``.
+    """
+
+    cell: eqx.Module
+    readout: eqx.nn.Linear
+
+    def __init__(self, obs_size, hidden_size, latent_size, *, cell="gru", key):
+        k1, k2 = jax.random.split(key)
+        self.cell = make_cell(cell, obs_size + 1, hidden_size, k1)
+        self.readout = eqx.nn.Linear(hidden_size, 2 * latent_size, key=k2)
+
+    def __call__(self, x_ND, t_N, t0):
+        inputs = jnp.concatenate([x_ND, _gaps_back_to(t_N, t0)[:, None]], axis=-1)
+        h0 = jnp.zeros(self.readout.in_features, x_ND.dtype)
+        h, _ = jax.lax.scan(lambda h, x: (self.cell(x, h), None), h0, inputs, reverse=True)
+        mean, logvar = jnp.split(self.readout(h), 2)
+        return mean, logvar
+
+
+class ODERNNEncoder(eqx.Module):
+    """ODE-RNN (Rubanova et al. 2019) run backwards: between observations the hidden state
+    follows ``dh/dt = g(h)``; at each observation a GRU update. ``enc(x_ND, t_N, t0)``.
+
+    Each gap is solved on ``s in [0, 1]`` as ``dh/ds = -gap * g(h)``, so every solve has the
+    same (concrete) times and only the gap is data.
+    """
+
+    cell: eqx.nn.GRUCell
+    dynamics: MLPField
+    readout: eqx.nn.Linear
+    odeint_kwargs: tuple = eqx.field(static=True)  # (name, value) pairs: hashable
+
+    def __init__(self, obs_size, hidden_size, latent_size, *, field_width=20, key, **odeint_kw):
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.cell = eqx.nn.GRUCell(obs_size, hidden_size, key=k1)
+        self.dynamics = MLPField(hidden_size, field_width, 1, key=k2)
+        self.readout = eqx.nn.Linear(hidden_size, 2 * latent_size, key=k3)
+        self.odeint_kwargs = tuple(sorted((odeint_kw or dict(solver="rk4", dt0=0.25)).items()))
+
+    def _evolve(self, h, gap):
+        def f(s, h, args):
+            dynamics, gap = args
+            return -gap * dynamics(s, h)
+
+        ts = jnp.array([0.0, 1.0], h.dtype)
+        return odeint(f, h, ts, (self.dynamics, gap), **dict(self.odeint_kwargs)).ys[-1]
+
+    def __call__(self, x_ND, t_N, t0):
+        gaps = _gaps_back_to(t_N, t0)  # gaps[i]: from t_i back to the previous time
+
+        def step(h, x_gap):
+            x, gap = x_gap
+            return self._evolve(self.cell(x, h), gap), None
+
+        h0 = jnp.zeros(self.readout.in_features, x_ND.dtype)
+        h, _ = jax.lax.scan(step, h0, (x_ND, gaps), reverse=True)
+        mean, logvar = jnp.split(self.readout(h), 2)
+        return mean, logvar
+
+
+class LatentODE(eqx.Module):
+    """Encoder, latent dynamics ``f`` and decoder of a latent ODE.
+
+    Args:
+        obs_size, latent_size: ``D`` and ``L`` (paper: 2 and 4).
+        rnn_hidden: encoder hidden units (paper: 25).
+        field_width, decoder_width: hidden units of the one-hidden-layer dynamics and decoder
+            MLPs (paper: 20 each).
+        encoder: "rnn" (:class:`RecognitionRNN`, the paper) or "odernn" (:class:`ODERNNEncoder`).
+        cell: the recognition RNN's cell.
+    """
+
+    encoder: eqx.Module
+    field: MLPField
+    decoder: MLPField
+
+    def __init__(
+        self,
+        obs_size=2,
+        latent_size=4,
+        *,
+        rnn_hidden=25,
+        field_width=20,
+        decoder_width=20,
+        encoder: Literal["rnn", "odernn"] = "rnn",
+        cell: Literal["gru", "tanh"] = "gru",
+        key,
+    ):
+        k1, k2, k3 = jax.random.split(key, 3)
+        if encoder == "rnn":
+            self.encoder = RecognitionRNN(obs_size, rnn_hidden, latent_size, cell=cell, key=k1)
+        elif encoder == "odernn":
+            self.encoder = ODERNNEncoder(obs_size, rnn_hidden, latent_size, key=k1)
+        else:
+            raise ValueError(f"encoder={encoder!r} is not one of ('rnn', 'odernn')")
+        elu = jax.nn.elu
+        self.field = MLPField(latent_size, field_width, 1, activation=elu, key=k2)
+        self.decoder = MLPField(
+            latent_size, decoder_width, 1, out_size=obs_size, activation=elu, key=k3
+        )
+
+    def encode(self, x_BND, t_BN, t0):
+        """``(mean_BL, logvar_BL)`` of ``q(z(t0) | x)``."""
+        return jax.vmap(self.encoder, in_axes=(0, 0, None))(x_BND, t_BN, t0)
+
+    def trajectory(self, z0_BL, ts_T, **odeint_kwargs):
+        """``(z_TBL, stats)``: the latent paths from ``z(ts_T[0]) = z0_BL``."""
+        return solve_on_union(self.field, z0_BL, ts_T, **odeint_kwargs)
+
+    def decode(self, z):
+        """Mean of ``p(x | z)``, any leading axes: ``(..., L) -> (..., D)``."""
+        return self.decoder(0.0, z)
+
+
+def latent_ode_elbo(model: LatentODE, x_BND, t_BN, idx_BN, grid_T, obs_logvar, key, **kw):
+    """Per-sequence ELBO terms with one reparameterised sample of ``z0``.
+
+    Observations ``x_BND`` at times ``t_BN = grid_T[idx_BN]``; ``z0`` lives at ``grid_T[0]``.
+    The batch is solved once on ``grid_T`` (the union of all times); each sequence's
+    likelihood sums over its own grid points (the mask of ``idx_BN``).
+
+    Returns ``(log_lik_B, kl_B, stats)``.
+    """
+    mean, logvar = model.encode(x_BND, t_BN, grid_T[0])
+    eps = jax.random.normal(key, mean.shape, mean.dtype)
+    z0 = mean + jnp.exp(0.5 * logvar) * eps
+    z_TBL, stats = model.trajectory(z0, grid_T, **kw)
+    pred_BTD = jnp.swapaxes(model.decode(z_TBL), 0, 1)
+    # Scatter observations onto the grid, and a mask of where they are.
+    rows = jnp.arange(x_BND.shape[0])[:, None]
+    x_grid = jnp.zeros(pred_BTD.shape, x_BND.dtype).at[rows, idx_BN].set(x_BND)
+    mask = jnp.zeros(pred_BTD.shape[:2], x_BND.dtype).at[rows, idx_BN].set(1.0)
+    logp = gaussian_log_density(x_grid, pred_BTD, obs_logvar).sum(-1)
+    return jnp.sum(mask * logp, axis=1), gaussian_kl(mean, logvar), stats
+
+
+class RNNBaseline(eqx.Module):
+    """An autoregressive RNN with a Gaussian likelihood: after reading ``x_i`` (and, with
+    ``use_gap``, the gap ``t_{i+1} - t_i`` to the time it predicts) it outputs the mean of
+    ``x_{i+1}``; one learned log standard deviation per dimension.
+    """
+
+    cell: eqx.Module
+    readout: eqx.nn.Linear
+    log_std: jax.Array
+    use_gap: bool = eqx.field(static=True)
+
+    def __init__(self, obs_size=2, hidden_size=25, *, use_gap=False, cell="gru", key):
+        k1, k2 = jax.random.split(key)
+        self.cell = make_cell(cell, obs_size + int(use_gap), hidden_size, k1)
+        self.readout = eqx.nn.Linear(hidden_size, obs_size, key=k2)
+        self.log_std = jnp.zeros(obs_size)
+        self.use_gap = use_gap
+
+    def _step(self, h, x, gap):
+        inp = jnp.concatenate([x, gap[None]]) if self.use_gap else x
+        h = self.cell(inp, h)
+        return h, self.readout(h)
+
+    def run(self, x_ND, t_N, t_next):
+        """Teacher-forced: ``(h, pred_ND)`` where ``pred[i]`` predicts the value at
+        ``t_{i+1}`` (``t_N`` followed by ``t_next``)."""
+        gaps = jnp.diff(t_N, append=jnp.asarray(t_next, t_N.dtype)[None])
+        h0 = jnp.zeros(self.readout.in_features, x_ND.dtype)
+        return jax.lax.scan(lambda h, xg: self._step(h, *xg), h0, (x_ND, gaps))
+
+    def log_likelihood(self, x_ND, t_N):
+        """Sum over ``i >= 1`` of ``log p(x_i | x_<i)``."""
+        _, pred = self.run(x_ND, t_N, t_N[-1])
+        logvar = 2 * self.log_std
+        return jnp.sum(gaussian_log_density(x_ND[1:], pred[:-1], logvar))
+
+    def extrapolate(self, x_ND, t_N, ts_M):
+        """Read the observations, then predict at ``ts_M`` (after ``t_N``) feeding each
+        prediction back as the next input: ``(M, D)``."""
+        h, pred = self.run(x_ND, t_N, ts_M[0])
+        gaps = jnp.diff(ts_M)
+
+        def step(carry, gap):
+            h, x = carry
+            h, x = self._step(h, x, gap)
+            return (h, x), x
+
+        _, rest = jax.lax.scan(step, (h, pred[-1]), gaps)
+        return jnp.concatenate([pred[-1:], rest], axis=0)
