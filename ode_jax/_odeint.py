@@ -101,8 +101,11 @@ def _check_ts_runtime(ts, tree):
 def _check_vector_field(f, t0, y0, args):
     try:
         out = eqx.filter_eval_shape(f, t0, y0, args)
-    except Exception as e:  # re-raised with context: which call failed
-        raise type(e)(f"calling the vector field f(t, y, args) at ts[0] failed: {e}") from e
+    except Exception as e:
+        # A note, not a new exception of the same type: many (e.g. JAX's tracer errors) cannot
+        # be rebuilt from a message.
+        e.add_note("(raised by ode_jax.odeint calling the vector field f(t, y, args) at ts[0])")
+        raise
     y_struct = jax.tree.structure(y0)
     out_struct = jax.tree.structure(out)
     if y_struct != out_struct:

@@ -7,7 +7,8 @@ shape (stages, degree): over a step from ``t`` to ``t + dt`` with stage derivati
     y(t + theta * dt) = y(t) + dt * sum_i k_i * sum_j dense[i][j] * theta ** (j + 1),
 
 which covers the methods' own continuous extensions (Shampine's quartic for dopri5, Tsitouras'
-quartic for tsit5, Bogacki's 7th order extension for dopri8) and cubic Hermite for bosh3.
+quartic for tsit5, a degree-6 extension for dopri8 that is 5th-order accurate) and cubic Hermite
+for bosh3.
 """
 
 from __future__ import annotations
