@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 
 import ode_jax
 
@@ -131,7 +130,3 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
-
-
-def zero_like_params(params):
-    return jax.tree.map(jnp.zeros_like, params)
