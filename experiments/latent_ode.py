@@ -142,7 +142,11 @@ def build(cfg: LatentODEConfig) -> common.Task:
             else None
             for gap, k in ((False, k2), (True, k3))
         )
-        return Models(lode, rnn, rnn_gap)
+        models = Models(lode, rnn, rnn_gap)
+        # float32 throughout, also when a caller has enabled x64 (a no-op otherwise).
+        return jax.tree.map(
+            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, models
+        )
 
     @jax.jit
     def get_batch(key):

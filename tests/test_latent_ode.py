@@ -1,0 +1,145 @@
+"""Latent ODE pieces: spiral data and irregular sampling, ELBO terms, batched solves, --smoke."""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.scipy.stats import norm
+
+import ode_jax
+from experiments import latent_ode
+from ode_jax.data import make_spirals, observation_mask, sample_observation_indices
+from ode_jax.nn import (
+    LatentODE,
+    RNNBaseline,
+    gaussian_kl,
+    gaussian_log_density,
+    latent_ode_elbo,
+    solve_on_union,
+    solve_per_sequence,
+)
+
+TIGHT = dict(solver="dopri5", rtol=1e-10, atol=1e-10)
+
+
+def test_spirals_shapes_directions_and_noise():
+    s = make_spirals(3, 400, n_grid=20, n_extrap=7, dt=0.1, b=0.3, noise_std=0.1)
+    assert s.ts.shape == (27,) and s.clean.shape == s.noisy.shape == (400, 27, 2)
+    assert s.clean.dtype == s.noisy.dtype == s.ts.dtype == np.float32
+    assert s.clockwise.sum() == 200 and s.n_grid == 20
+    np.testing.assert_allclose(np.diff(s.ts), 0.1, rtol=1e-5)
+    # Archimedean at unit angular speed: the radius grows by b * dt per step.
+    r = np.linalg.norm(s.clean, axis=-1)
+    np.testing.assert_allclose(np.diff(r, axis=1), 0.03, atol=1e-5)
+    # Counter-clockwise spirals turn left (positive cross product), clockwise ones right.
+    v = np.diff(s.clean, axis=1)
+    cross = s.clean[:, :-1, 0] * v[..., 1] - s.clean[:, :-1, 1] * v[..., 0]
+    assert np.all(cross[~s.clockwise] > 0) and np.all(cross[s.clockwise] < 0)
+    assert abs(np.std(s.noisy - s.clean) - 0.1) < 0.005
+    again = make_spirals(3, 400, n_grid=20, n_extrap=7, dt=0.1, b=0.3, noise_std=0.1)
+    np.testing.assert_array_equal(again.noisy, s.noisy)  # deterministic in the seed
+
+
+def test_irregular_sampling_without_replacement_and_masks():
+    idx = sample_observation_indices(0, 50, 20, 7)
+    assert idx.shape == (50, 7) and idx.dtype == np.int32
+    assert np.all(np.diff(idx, axis=1) > 0)  # sorted, hence no repeats
+    assert idx.min() >= 0 and idx.max() < 20
+    assert len({tuple(r) for r in idx}) > 40  # rows are drawn independently
+    mask = observation_mask(idx, 20)
+    assert mask.shape == (50, 20) and np.all(mask.sum(1) == 7)
+    assert np.all(np.take_along_axis(mask, idx, 1) == 1)
+    np.testing.assert_array_equal(
+        sample_observation_indices(1, 3, 5, 5), np.tile(np.arange(5), (3, 1))
+    )
+    with pytest.raises(ValueError, match="n_grid"):
+        sample_observation_indices(0, 2, 5, 6)
+
+
+def test_gaussian_kl_and_log_density_closed_form():
+    rng = np.random.default_rng(0)
+    mq, mp = rng.normal(size=(2, 3, 4))
+    lq, lp = rng.normal(size=(2, 3, 4))
+    sq, sp = np.exp(0.5 * lq), np.exp(0.5 * lp)
+    expected = np.sum(np.log(sp / sq) + (sq**2 + (mq - mp) ** 2) / (2 * sp**2) - 0.5, axis=-1)
+    np.testing.assert_allclose(gaussian_kl(mq, lq, mp, lp), expected, rtol=1e-12)
+    np.testing.assert_allclose(gaussian_kl(mq, lq), gaussian_kl(mq, lq, 0 * mp, 0 * lp))
+    np.testing.assert_allclose(gaussian_kl(mq, lq, mq, lq), 0.0, atol=1e-14)
+    x = rng.normal(size=(3, 4))
+    np.testing.assert_allclose(gaussian_log_density(x, mq, lq), norm.logpdf(x, mq, sq), rtol=1e-12)
+
+
+def _call(t, y, field):
+    return field(t, y)
+
+
+def _field(key):
+    return ode_jax.nn.MLPField(4, 8, 1, activation=jax.nn.elu, key=key)
+
+
+def test_per_sequence_grids_match_one_by_one():
+    field = _field(jax.random.key(0))
+    z0 = jax.random.normal(jax.random.key(1), (3, 4))
+    grid = np.linspace(0.0, 2.0, 11)
+    idx = np.array([[0, 2, 3, 9], [0, 1, 5, 10], [0, 4, 6, 7]])
+    ts = grid[idx]
+    ones = [ode_jax.odeint(_call, z0[b], ts[b], field, **TIGHT).ys for b in range(3)]
+    each, _ = solve_per_sequence(field, z0, jnp.asarray(ts), **TIGHT)
+    union, _ = solve_on_union(field, z0, grid, **TIGHT)
+    for b in range(3):
+        np.testing.assert_allclose(each[b], ones[b], rtol=1e-6, atol=1e-8)
+        np.testing.assert_allclose(union[idx[b], b], ones[b], rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("encoder", ["rnn", "odernn"])
+def test_elbo_terms_match_a_per_sequence_computation(encoder):
+    model = LatentODE(
+        2, 4, rnn_hidden=5, field_width=6, decoder_width=6, encoder=encoder, key=jax.random.key(0)
+    )
+    grid = np.linspace(0.0, 1.5, 8)
+    idx = np.array([[1, 3, 4], [0, 5, 7]])
+    x = jax.random.normal(jax.random.key(1), (2, 3, 2))
+    key, logvar = jax.random.key(2), np.log(0.3**2)
+    log_lik, kl, _ = latent_ode_elbo(model, x, grid[idx], idx, grid, logvar, key, **TIGHT)
+    mean, lv = model.encode(x, grid[idx], 0.0)
+    assert mean.shape == lv.shape == (2, 4)
+    z0 = mean + jnp.exp(0.5 * lv) * jax.random.normal(key, mean.shape)
+    for b in range(2):
+        ts = np.concatenate([[0.0], grid[idx[b]]]) if idx[b, 0] else grid[idx[b]]
+        z = ode_jax.odeint(_call, z0[b], ts, model.field, **TIGHT).ys[-3:]
+        expected = gaussian_log_density(x[b], model.decode(z), logvar).sum()
+        np.testing.assert_allclose(log_lik[b], expected, rtol=1e-7)
+        np.testing.assert_allclose(kl[b], gaussian_kl(mean[b], lv[b]), rtol=1e-12)
+
+
+def test_rnn_baselines():
+    x = jax.random.normal(jax.random.key(1), (5, 2))
+    t = jnp.array([0.0, 0.1, 0.4, 0.5, 0.9])
+    future = jnp.linspace(1.0, 2.0, 6)
+    for gap in (False, True):
+        rnn = RNNBaseline(2, 7, use_gap=gap, key=jax.random.key(0))
+        assert rnn.extrapolate(x, t, future).shape == (6, 2)
+        assert jnp.isfinite(rnn.log_likelihood(x, t))
+        later = rnn.extrapolate(x, t, future + 1.0)
+        assert bool(jnp.any(later != rnn.extrapolate(x, t, future))) == gap  # only it sees time
+    grads = eqx.filter_grad(lambda m: m.log_likelihood(x, t))(rnn)
+    assert jnp.all(jnp.isfinite(grads.log_std)) and jnp.any(grads.log_std != 0)
+
+
+def test_latent_ode_smoke(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--smoke", "--out", str(out), "--no-progress"]
+    metrics = latent_ode.main(argv)
+    files = {p.name for p in out.iterdir()}
+    assert {"metrics.json", "extrapolations.png", "latent_trajectories.png"} <= files
+    final = json.loads((out / "metrics.json").read_text())["final_eval"]
+    for name in latent_ode.MODELS:
+        for kind in ("clean", "noisy"):
+            assert np.isfinite(final[f"test_{name}_{kind}"])
+    assert metrics["steps"] == latent_ode.SMOKE["steps"] and metrics["nfe_fwd_per_step"] > 0
+    table = latent_ode.main(["table", str(out), "--out", str(tmp_path / "results")])
+    assert "Latent ODE (paper)" in table and "n = 8" in table
+    assert (tmp_path / "results" / "metrics.csv").exists()
