@@ -189,7 +189,7 @@ def target_check(case, rows) -> list[str]:
     return out
 
 
-def machine_description() -> str:
+def machine_description(load_start) -> str:
     import jax
 
     cpu = platform.processor() or "?"
@@ -205,10 +205,11 @@ def machine_description() -> str:
         except ImportError:
             pass
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    start = ", ".join(f"{x:.1f}" for x in load_start)
     return (
         f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
         f"Python {platform.python_version()}, JAX backend {jax.default_backend()}; "
-        f"{'; '.join(libs)}. Load average at the end: {load}."
+        f"{'; '.join(libs)}. Load average (1, 5, 15 min) at the start: {start}; at the end: {load}."
     )
 
 
@@ -216,6 +217,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     args = parse_args(argv)
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     for c in cases:
         if c not in PROBLEMS:
@@ -238,7 +240,7 @@ def main(argv=None):
         runners, units, repeats, torch_threads = run_case(problem, methods, args, log)
         rows = summarise(runners, units)
         unit_lines = ", ".join(
-            f"{lib}: f {1e3 * f:.3f} ms, vjp {1e3 * v:.3f} ms" for lib, (f, v) in units.items()
+            f"{lib}: f {1e6 * f:.1f} µs, vjp {1e6 * v:.1f} µs" for lib, (f, v) in units.items()
         )
         text = (
             f"### {problem.title}\n\n{table(rows)}\n\n"
@@ -255,7 +257,7 @@ def main(argv=None):
         "# ode_jax benchmarks\n\n"
         f"Command: `python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`"
         f"  \nDate: {datetime.datetime.now().isoformat(timespec='minutes')}  \n"
-        f"Machine: {machine_description()}  \nTotal run time: {total:.0f} s.\n\n"
+        f"Machine: {machine_description(load_start)}  \nTotal run time: {total:.0f} s.\n\n"
         "Ratios (x) are to the best JAX anchor (diffrax RecursiveCheckpointAdjoint, diffrax "
         "BacksolveAdjoint, jax.experimental.ode) in the same run. NFE counts vector-field "
         "executions (a VJP counts once). XLA temp = compiled memory_analysis() temp size; RSS "
