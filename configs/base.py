@@ -20,8 +20,13 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data sampling and any per-step randomness
     steps: int = 1000  # optimiser steps in total (a resumed run continues up to this)
     batch_size: int = 32  # global batch, split evenly over the devices
-    lr: float = 1e-3  # Adam learning rate (peak value when a schedule is used)
-    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine decays to 0 at `steps`
+    optimizer: Literal["adam", "sgd"] = "adam"  # sgd: SGD with heavy-ball `momentum`
+    momentum: float = 0.9  # SGD momentum (0: plain SGD); unused by Adam
+    lr: float = 1e-3  # learning rate (peak value when a schedule is used)
+    # constant; cosine: decays to 0 at `steps`; step: multiplied by `lr_decay` at each boundary
+    lr_schedule: Literal["constant", "cosine", "step"] = "constant"
+    lr_boundaries: tuple[float, ...] = ()  # step schedule: fractions of `steps`, increasing
+    lr_decay: float = 0.1  # step schedule: factor applied at each boundary
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
     log_every: int = 10  # steps between training-curve rows (mean over the interval)
     eval_every: int = 100  # steps between evaluations (and at the last step)
@@ -39,6 +44,21 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "eval_every", "checkpoint_every"):
             require(self, name, getattr(self, name) >= 1, "must be >= 1")
         require(self, "lr", self.lr > 0, "must be positive")
+        require(self, "momentum", 0 <= self.momentum < 1, "must be in [0, 1)")
+        require(self, "lr_decay", self.lr_decay > 0, "must be positive")
+        b = self.lr_boundaries
+        require(
+            self,
+            "lr_boundaries",
+            all(0 < x < 1 for x in b) and list(b) == sorted(set(b)),
+            "must be increasing fractions of `steps` in (0, 1)",
+        )
+        require(
+            self,
+            "lr_boundaries",
+            bool(b) or self.lr_schedule != "step",
+            "must be given for lr_schedule='step'",
+        )
         require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables clipping)")
         require(self, "num_devices", self.num_devices >= 0, "must be >= 0 (0: all devices)")
         require(self, "out", bool(self.out), "must be a folder name")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,21 +55,45 @@ class TrainResult:
 
 
 def _optimizer_settings(cfg) -> tuple:
+    """The config fields that define the optimiser, as a hashable tuple (make_optimizer's args)."""
     return (
+        cfg.optimizer,
+        cfg.momentum if cfg.optimizer == "sgd" else 0.0,
         cfg.lr,
         cfg.lr_schedule,
         cfg.steps if cfg.lr_schedule != "constant" else 0,
+        tuple(cfg.lr_boundaries) if cfg.lr_schedule == "step" else (),
+        cfg.lr_decay if cfg.lr_schedule == "step" else 1.0,
         cfg.grad_clip,
     )
 
 
-@functools.lru_cache(maxsize=16)
-def make_optimizer(lr, schedule, steps, grad_clip) -> optax.GradientTransformation:
-    """Adam with an optional cosine schedule and gradient clipping (see TrainConfig)."""
+def make_schedule(lr, schedule, steps, boundaries=(), decay=1.0):
+    """The learning rate against the optimiser step (see TrainConfig); a float when constant."""
+    if schedule == "constant":
+        return lr
     if schedule == "cosine":
-        lr = optax.cosine_decay_schedule(lr, steps)
-    adam = optax.adam(lr)
-    return optax.chain(optax.clip_by_global_norm(grad_clip), adam) if grad_clip else adam
+        return optax.cosine_decay_schedule(lr, steps)
+    if schedule == "step":  # boundaries are fractions of `steps`
+        return optax.piecewise_constant_schedule(
+            lr, {max(1, round(b * steps)): decay for b in boundaries}
+        )
+    raise ValueError(f"unknown lr_schedule {schedule!r}")
+
+
+@functools.lru_cache(maxsize=16)
+def make_optimizer(
+    name, momentum, lr, schedule, steps, boundaries, decay, grad_clip
+) -> optax.GradientTransformation:
+    """Adam or SGD with momentum, a learning-rate schedule and optional gradient clipping."""
+    lr = make_schedule(lr, schedule, steps, boundaries, decay)
+    if name == "adam":
+        opt = optax.adam(lr)
+    elif name == "sgd":
+        opt = optax.sgd(lr, momentum=momentum or None)
+    else:
+        raise ValueError(f"unknown optimizer {name!r}")
+    return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip else opt
 
 
 @functools.lru_cache(maxsize=16)  # a resumed or repeated run in one process compiles once
@@ -97,7 +122,7 @@ def make_train_step(loss_fn: Callable, optimizer, mesh):
 
 
 def _check_resumable(saved: dict, cfg):
-    current = config_to_dict(cfg)
+    current = json.loads(json.dumps(config_to_dict(cfg)))  # as saved: tuples become lists
     diff = sorted(
         k
         for k in set(saved) | set(current)
