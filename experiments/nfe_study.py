@@ -1,0 +1,171 @@
+"""Paper Figure 3 on a trained ODE-Net: what the ODE block's number of function evaluations
+(NFE) costs and buys.
+
+(a) forward NFE and numerical error against the solver tolerance, (b) wall time of a forward
+pass against its NFE, (c) backward against forward NFE, with and without the seminorm
+(Kidger et al. 2021), and during training, (d) NFE over training epochs (from the run's
+history). Reads an ``experiments.odenet`` run folder; writes CSV and PNG files to ``--out``.
+
+    python -m experiments.nfe_study --run runs/odenet --out results/nfe_study
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tyro
+
+import ode_jax
+from configs.odenet import NFE_SMOKE, NFEStudyConfig
+from experiments.common import report
+from experiments.odenet import cross_entropy, load_model, load_splits, to_float
+
+
+def _call(t, y, field):
+    return field(t, y)
+
+
+def _solve(block, h0, tol, seminorm=False, probe=None):
+    """The ODE block's solve with a traced tolerance (one compilation for every tolerance)."""
+    ts = jnp.asarray([block.t0, block.t1], h0.dtype)
+    sol = ode_jax.odeint(
+        _call,
+        h0,
+        ts,
+        block.field,
+        solver=block.solver,
+        rtol=tol,
+        atol=tol,
+        max_steps=block.max_steps,
+        adjoint="continuous",
+        seminorm=seminorm,
+        probe=probe,
+    )
+    return sol.ys[-1], sol.stats["nfe"]
+
+
+@eqx.filter_jit
+def _forward(model, x, tol):
+    return _solve(model.body, model.downsample(x), tol)
+
+
+@eqx.filter_jit
+def _backward_nfe(model, x, labels, tol, seminorm: bool):
+    def loss(model, probe):
+        h1, _ = _solve(model.body, model.downsample(x), tol, seminorm, probe)
+        return cross_entropy(model.head(h1), labels)
+
+    _, probe_grad = jax.grad(loss, argnums=(0, 1))(model, ode_jax.make_probe(jnp.float32))
+    return ode_jax.probe_stats(probe_grad)["nfe"]
+
+
+def _timed(fn, repeats: int):
+    out = jax.block_until_ready(fn())  # compiles (once) and warms up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return out, float(np.median(times))
+
+
+def sweep(model, x, labels, cfg: NFEStudyConfig) -> list[dict]:
+    """One row per tolerance: forward NFE, seconds, error vs the reference, backward NFEs."""
+    ref, _ = _forward(model, x, jnp.float32(cfg.ref_tol))
+    scale = float(jnp.sqrt(jnp.mean(ref**2)))
+    rows = []
+    for tol in cfg.tols:
+        tol_arr = jnp.float32(tol)
+        row = {"tol": tol}
+        try:
+            (h1, nfe), seconds = _timed(lambda t=tol_arr: _forward(model, x, t), cfg.repeats)
+            row.update(nfe_fwd=int(nfe), forward_seconds=seconds)
+            row["rel_error"] = float(jnp.sqrt(jnp.mean((h1 - ref) ** 2))) / scale
+            for seminorm in (False, True):
+                nfe_b = _backward_nfe(model, x, labels, tol_arr, seminorm)
+                row["nfe_bwd_seminorm" if seminorm else "nfe_bwd"] = int(nfe_b)
+        except Exception as e:  # a too-tight tolerance may exhaust max_steps: record, go on
+            row["failed"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        rows.append(row)
+        print({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+    return rows
+
+
+def read_history(run: Path) -> list[dict]:
+    with open(run / "history.csv") as f:
+        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+
+
+def plot(path, rows: list[dict], history: list[dict], steps_per_epoch: float):
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "nfe_fwd" in r]
+    tol, nfe = [r["tol"] for r in ok], [r["nfe_fwd"] for r in ok]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    ax = axes[0]
+    ax.loglog(tol, nfe, "o-", label="forward NFE")
+    ax.set(xlabel="tolerance (rtol = atol)", ylabel="NFE", title="(a) NFE vs tolerance")
+    err_ax = ax.twinx()
+    err_ax.loglog(tol, [max(r["rel_error"], 1e-12) for r in ok], "s--C1", label="rel. error")
+    err_ax.set(ylabel="relative error of y(1)")
+    ax.legend(loc="upper right", fontsize=8)
+    err_ax.legend(loc="lower left", fontsize=8)
+    axes[1].plot(nfe, [r["forward_seconds"] for r in ok], "o-")
+    axes[1].set(xlabel="forward NFE", ylabel="seconds", title="(b) forward wall time vs NFE")
+    ax = axes[2]
+    ax.plot(nfe, [r["nfe_bwd"] for r in ok], "o-", label="sweep, full norm")
+    ax.plot(nfe, [r["nfe_bwd_seminorm"] for r in ok], "s-", label="sweep, seminorm")
+    if history and "nfe_bwd" in history[0]:
+        ax.scatter(
+            [r["nfe_fwd"] for r in history],
+            [r["nfe_bwd"] for r in history],
+            s=6,
+            c="gray",
+            label="during training",
+        )
+    lim = max([1.0] + nfe + [r["nfe_bwd"] for r in ok])
+    ax.plot([0, lim], [0, lim], "k:", lw=0.8, label="backward = forward")
+    ax.set(xlabel="forward NFE", ylabel="backward NFE", title="(c) backward vs forward NFE")
+    ax.legend(fontsize=8)
+    ax = axes[3]
+    epochs = [r["step"] / steps_per_epoch for r in history]
+    for key in ("nfe_fwd", "nfe_bwd"):
+        if history and key in history[0]:
+            ax.plot(epochs, [r[key] for r in history], label=key)
+    ax.set(xlabel="epoch", ylabel="NFE per step", title="(d) NFE during training")
+    ax.legend(fontsize=8)
+    report.save_figure(fig, path)
+
+
+def main(argv=None) -> list[dict]:
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    default = NFEStudyConfig(smoke=True, **NFE_SMOKE) if "--smoke" in argv else NFEStudyConfig()
+    cfg = tyro.cli(NFEStudyConfig, default=default, args=argv)
+    run, out = Path(cfg.run), Path(cfg.out)
+    model, run_cfg = load_model(run)
+    if run_cfg.model == "resnet":
+        raise SystemExit(f"{run} holds a ResNet; the NFE study needs an ODE-Net or RK-Net run")
+    out.mkdir(parents=True, exist_ok=True)
+    splits = load_splits(run_cfg)
+    images, labels = splits["test"]
+    x, y = to_float(jnp.asarray(images[: cfg.batch])), jnp.asarray(labels[: cfg.batch])
+    rows = sweep(model, x, y, cfg)
+    history = read_history(run)
+    report.write_csv(out / "tolerance_sweep.csv", rows)
+    report.write_csv(out / "training_nfe.csv", history)
+    steps_per_epoch = len(splits["train"][0]) / run_cfg.batch_size
+    plot(out / "nfe_study.png", rows, history, steps_per_epoch)
+    print(f"wrote {out}/ (tolerance_sweep.csv, training_nfe.csv, nfe_study.png)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Image classifiers (paper Table 1): shapes, parameter counts, --smoke runs, the NFE study."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.odenet import ODENetConfig
+from experiments import nfe_study, odenet
+from tests.test_data import write_dataset
+
+
+@pytest.mark.parametrize(
+    "model, params", [("odenet", 208_266), ("rknet", 208_266), ("resnet", 576_778)]
+)
+def test_parameter_counts_match_torchdiffeq(model, params):
+    # torchdiffeq's odenet_mnist.py has exactly these counts (the paper rounds: 0.22M, 0.60M).
+    net = odenet.make_model(ODENetConfig(model=model), jax.random.key(0))
+    assert odenet.count_params(net) == params
+
+
+@pytest.mark.parametrize("model", ["odenet", "resnet"])
+def test_shapes(model):
+    cfg = ODENetConfig(model=model, width=8, res_blocks=1, rtol=1e-2, atol=1e-2, conv_impl="native")
+    net = odenet.make_model(cfg, jax.random.key(0))
+    x = jnp.ones((3, 28, 28, 1), jnp.float32)
+    assert net.downsample(x).shape == (3, 6, 6, 8)
+    logits, stats = net(x)
+    assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+    assert (int(stats["nfe"]) > 0) == (model == "odenet")
+
+
+def test_random_crop_shifts_with_zero_fill():
+    img = jnp.arange(1.0, 17.0).reshape(1, 4, 4, 1)
+    out = odenet.random_crop(jax.random.key(3), jnp.repeat(img, 20, 0), 2)
+    assert out.shape == (20, 4, 4, 1)
+    values = set(np.unique(np.asarray(out)).tolist())
+    assert values <= set(range(17)) and len({np.asarray(o).tobytes() for o in out}) > 1
+
+
+def test_smoke_runs(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, n_train=48, n_test=16)
+    run = tmp_path / "run"
+    argv = ["--smoke", "--data-dir", str(data), "--out", str(run), "--no-progress"]
+    metrics = odenet.main(argv)
+    assert 0 <= metrics["test_error"] <= 1 and metrics["params"] > 0
+    assert metrics["nfe_fwd_per_step"] > 0 and metrics["nfe_bwd_per_step"] > 0
+    assert metrics["epoch_seconds"] > 0
+    assert {"val_error", "val_nfe"} <= set(metrics["final_eval"])
+    assert json.loads((run / "best/best.json").read_text())["val_error"] == metrics["val_error"]
+
+    out = tmp_path / "nfe"
+    rows = nfe_study.main(["--smoke", "--run", str(run), "--out", str(out)])
+    assert [r["tol"] for r in rows] == [1e-1, 1e-2]
+    assert all(r["nfe_fwd"] > 0 and r["nfe_bwd"] > 0 and r["nfe_bwd_seminorm"] > 0 for r in rows)
+    assert {p.name for p in out.iterdir()} == {
+        "tolerance_sweep.csv",
+        "training_nfe.csv",
+        "nfe_study.png",
+    }
+
+
+def test_resnet_smoke_with_step_measurement(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data, n_train=40, n_test=8)
+    argv = ["--smoke", "--data-dir", str(data), "--out", str(tmp_path / "run"), "--no-progress"]
+    metrics = odenet.main(argv + ["--model", "resnet", "--steps", "2", "--measure-step"])
+    assert metrics["steps"] == 2 and 0 <= metrics["test_error"] <= 1
+    assert metrics["nfe_fwd_per_step"] == 0
+    step = metrics["train_step"]
+    assert step["params"] == metrics["params"] and step["peak_mib"] > 0 and step["step_seconds"] > 0
+
+
+def test_bad_config_and_missing_data(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        odenet.main(["--lr-boundaries", "0.5", "0.2", "--out", str(tmp_path)])
+    assert "lr_boundaries=(0.5, 0.2)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="apt-get"):
+        odenet.main(["--smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
