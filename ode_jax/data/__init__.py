@@ -1,4 +1,4 @@
-"""Data loaders: MNIST-format IDX image files."""
+"""Data: MNIST-format IDX image files, generated datasets (irregularly sampled noisy spirals)."""
 
 from ._idx import DEFAULT_IDX_DIR as DEFAULT_IDX_DIR
 from ._idx import IDXDataError as IDXDataError
