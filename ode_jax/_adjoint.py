@@ -27,11 +27,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._control import PIDController, rms_norm
 from ._loop import Recorder, integrate
 from ._solution import raise_if_failed
-from ._solvers import RungeKutta, dense_weights, lincomb, rk_step
+from ._solvers import RungeKutta, dense_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +110,16 @@ def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
 
     @jax.custom_vjp
     def core(y0, ts, d, tols, probe):
-        ys, stats, result, _ = forward(y0, ts, d, tols)
-        return ys, stats, result
+        ys, stats, result, _, dt_next = forward(y0, ts, d, tols)
+        return ys, stats, result, dt_next
 
     if config.kind == "continuous":
 
         def core_fwd(y0, ts, d, tols, probe):
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
-            ys, stats, result = core(y0, ts, d, tols, probe)
-            return (ys, stats, result), (ys, ts, d, tols, probe)
+            ys, stats, result, dt_next = core(y0, ts, d, tols, probe)
+            return (ys, stats, result, dt_next), (ys, ts, d, tols, probe, dt_next)
 
         def core_bwd(res, cts):
             return _continuous_bwd(vf, config, res, cts[0])
@@ -128,8 +129,8 @@ def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
 
         def core_fwd(y0, ts, d, tols, probe):
             recorder = _StepRecorder(config.max_steps, n_ck)
-            ys, stats, result, aux = forward(y0, ts, d, tols, recorder)
-            return (ys, stats, result), (y0, ts, d, tols, probe, stats, aux)
+            ys, stats, result, aux, dt_next = forward(y0, ts, d, tols, recorder)
+            return (ys, stats, result, dt_next), (y0, ts, d, tols, probe, stats, aux)
 
         def core_bwd(res, cts):
             return _discrete_bwd(vf, config, n_local, res, cts[0])
@@ -145,7 +146,7 @@ def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
 def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
     from ._odeint import odeint  # the backward solve is itself an odeint (differentiable)
 
-    ys, ts, d, tols, probe = res
+    ys, ts, d, tols, probe, dt_forward = res
     n = ts.shape[0]
     adj_rtol, adj_atol = tols[3], tols[4]
     y0 = _take(ys, 0)
@@ -166,7 +167,7 @@ def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
         return jnp.maximum(rms_norm(err[0]), rms_norm(err[1]))
 
     def interval(carry, i):
-        a_y, a_d, stats, result = carry
+        a_y, a_d, stats, result, dt = carry
         y_i, g_i = _take(ys, i), _take(g_ys, i)
         a_y = _add(a_y, g_i)
         g_t = _tree_dot(g_i, vf(ts[i], y_i, d))
@@ -178,7 +179,9 @@ def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
             solver=config.adjoint_method,
             rtol=adj_rtol,
             atol=adj_atol,
-            dt0=tols[2],
+            # Each interval starts from the step size the previous one ended with (the first
+            # from the forward solve's), saving an initial-step search per output time.
+            dt0=dt if config.adjoint_method.adaptive else tols[2],
             max_steps=config.adjoint_max_steps,
             controller=config.controller,
             norm=seminorm if config.seminorm else mixed_norm,
@@ -189,17 +192,28 @@ def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
         _, a_y, a_d = _take(sol.ys, -1)
         stats = stats + _stats_vector(sol.stats, stats.dtype) + jnp.array([1, 0, 0, 0], stats.dtype)
         result = jnp.maximum(result, sol.result)
-        return (a_y, a_d, stats, result), g_t
+        return (a_y, a_d, stats, result, _usable_dt(sol.dt_next, ts, i)), g_t
 
-    carry = (_zeros_like(y0), _zeros_like(d), jnp.zeros_like(probe), jnp.asarray(0, jnp.int32))
+    def _usable_dt(dt, ts, i):
+        dt = jax.lax.stop_gradient(jnp.asarray(dt, ts.dtype))
+        fallback = 1e-2 * jnp.abs(ts[i] - ts[i - 1])
+        return jnp.where(jnp.isfinite(dt) & (dt > 0), dt, fallback)
+
+    carry = (
+        _zeros_like(y0),
+        _zeros_like(d),
+        jnp.zeros_like(probe),
+        jnp.asarray(0, jnp.int32),
+        _usable_dt(dt_forward, ts, n - 1) if n > 1 else jnp.zeros((), ts.dtype),
+    )
     if n > 1:
         carry, g_t_rev = jax.lax.scan(interval, carry, jnp.arange(n - 1, 0, -1))
-        a_y, a_d, stats, result = carry
+        a_y, a_d, stats, result, _ = carry
         g_t0 = -_tree_dot(a_y, vf(ts[0], y0, d))
         g_ts = jnp.concatenate([g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)])
         stats = stats + jnp.array([1, 0, 0, 0], stats.dtype)
     else:
-        a_y, a_d, stats, result = carry
+        a_y, a_d, stats, result, _ = carry
         g_ts = jnp.zeros_like(ts)
     a_y = _add(a_y, _take(g_ys, 0))
     a_y = raise_if_failed(a_y, result, prefix="ode_jax backward (adjoint) solve")
@@ -267,19 +281,88 @@ class _StepRecorder(Recorder):
         return {**aux, "out_step": aux["out_step"].at[index].set(step)}
 
 
+def _stage_matrices(method: RungeKutta, dtype):
+    s = method.stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(method.a):
+        a[i, : len(row)] = row
+    return (
+        jnp.asarray(a, dtype),
+        jnp.asarray(method.b, dtype),
+        jnp.asarray(method.c, dtype),
+    )
+
+
+def _combine(w, stacked):
+    """sum_i w[i] * stacked[i] for every leaf of a pytree of (stages, ...) arrays."""
+    return jax.tree.map(lambda k: jnp.tensordot(w.astype(k.dtype), k, axes=1), stacked)
+
+
 def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
+    """Walk the accepted steps backwards, one stage at a time.
+
+    Stages run in a ``fori_loop`` (forwards to rebuild them, backwards for their VJPs), so the
+    vector field and its VJP each appear once in the compiled program, whatever the number of
+    stages, and only one stage's intermediates are alive at a time.
+    """
     y0, ts, d, tols, probe, stats, aux = res
     method = config.method
     n_out = ts.shape[0]
     n_acc = stats["num_accepted"]
     stride = aux["stride"]
     step_t, step_dt, ck, out_step = aux["step_t"], aux["step_dt"], aux["ck"], aux["out_step"]
-    evals = method.stages
+    n_stages = method.stages
     sdtype = probe.dtype
+    a_mat, b_vec, c_vec = _stage_matrices(method, ts.dtype)
 
-    def step_fn(y, d_, t, dt):
-        y1, _, ks = rk_step(method, lambda t_, y_, a: vf(t_, y_, a), t, y, dt, d_, None)
+    def axpy(y, dt, x):
+        return jax.tree.map(lambda yl, xl: yl + dt.astype(yl.dtype) * xl, y, x)
+
+    def stage_input(y, ks, i, dt):
+        return axpy(y, dt, _combine(a_mat[i], ks))
+
+    def stages(y, t, dt):
+        """Stacked stage derivatives (stages, ...) of the step from (t, y) and the new state."""
+        ks = jax.tree.map(lambda x: jnp.zeros((n_stages,) + x.shape, x.dtype), y)
+
+        def body(i, ks):
+            k = vf(t + c_vec[i] * dt, stage_input(y, ks, i, dt), d)
+            return jax.tree.map(lambda buf, v: buf.at[i].set(v), ks, k)
+
+        ks = jax.lax.fori_loop(0, n_stages, body, ks)
+        y1 = axpy(y, dt, _combine(b_vec, ks))
         return y1, ks
+
+    def dense_w(theta, derivative=False):
+        w = dense_weights(method, theta, derivative=derivative)
+        return jnp.stack([jnp.asarray(x, ts.dtype) for x in w])
+
+    def step_vjp(y, t, dt, ct_y1, ct_ks, ks):
+        """Cotangents of (y, d, t) of the step given those of y1 and of the stages."""
+        # y1 = y + dt * sum_i b_i k_i
+        ct_ks = jax.tree.map(
+            lambda c, a: c + (dt * b_vec).astype(a.dtype).reshape((-1,) + (1,) * a.ndim) * a,
+            ct_ks,
+            ct_y1,
+        )
+
+        def body(r, carry):
+            i = n_stages - 1 - r
+            ct_ks, ct_y, ct_d, ct_t = carry
+            yi = stage_input(y, ks, i, dt)
+            _, pull = jax.vjp(lambda y_, d_, t_: vf(t_, y_, d_), yi, d, t + c_vec[i] * dt)
+            g_yi, g_d, g_t = pull(_take(ct_ks, i))
+            # y_i = y + dt * sum_j a_ij k_j
+            ct_ks = jax.tree.map(
+                lambda c, g: c + (dt * a_mat[i]).astype(g.dtype).reshape((-1,) + (1,) * g.ndim) * g,
+                ct_ks,
+                g_yi,
+            )
+            return ct_ks, _add(ct_y, g_yi), _add(ct_d, g_d), ct_t + g_t
+
+        init = (ct_ks, ct_y1, _zeros_like(d), jnp.zeros((), ts.dtype))
+        _, ct_y, ct_d, ct_t = jax.lax.fori_loop(0, n_stages, body, init)
+        return ct_y, ct_d, ct_t
 
     def segment(carry):
         j, a_y, a_d, g_ts, oi, nfe, local = carry
@@ -290,49 +373,42 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
         def recompute(c):
             m, local = c
             n = start + m - 1
-            y_prev = _take(local, m - 1)
-            y1, _ = step_fn(y_prev, d, step_t[n], step_dt[n])
+            y1, _ = stages(_take(local, m - 1), step_t[n], step_dt[n])
             return m + 1, jax.tree.map(lambda buf, v: buf.at[m].set(v), local, y1)
 
         _, local = jax.lax.while_loop(lambda c: c[0] < end - start, recompute, (1, local))
-        nfe = nfe + (end - start - 1) * evals
+        nfe = nfe + (end - start - 1) * n_stages
 
         def walk(c):
             n, a_y, a_d, g_ts, oi = c
             t_n, dt_n = step_t[n], step_dt[n]
             y_n = _take(local, n - start)
-            (y1, ks), pull = jax.vjp(lambda y, dd, t: step_fn(y, dd, t, dt_n), y_n, d, t_n)
-            zeros_ks = [_zeros_like(k) for k in ks]
+            _, ks = stages(y_n, t_n, dt_n)
 
             def out_cond(c2):
                 oi = c2[0]
                 return (oi >= 1) & (out_step[jnp.maximum(oi, 0)] == n)
 
             def out_body(c2):
+                # Output oi = y_n + dt_n * sum_i w_i(theta) k_i with theta = (ts[oi] - t_n) / dt_n.
                 oi, ct_y, ct_ks, g_ts, g_tn = c2
                 g = _take(g_ys, oi)
                 theta = (ts[oi] - t_n) / dt_n
-                w = dense_weights(method, theta)
-                dw = dense_weights(method, theta, derivative=True)
-                ct_y = _add(ct_y, g)
-                ct_ks = [
-                    k
-                    if (isinstance(wi, float) and wi == 0.0)
-                    else lincomb(k, dt_n * wi, [1.0], [g])
-                    for k, wi in zip(ct_ks, w)
-                ]
-                dval = (
-                    lincomb(None, 1.0, dw, ks)
-                    if any(not (isinstance(x, float) and x == 0.0) for x in dw)
-                    else _zeros_like(g)
+                w, dw = dense_w(theta), dense_w(theta, derivative=True)
+                ct_ks = jax.tree.map(
+                    lambda c, gl: (
+                        c + (dt_n * w).astype(gl.dtype).reshape((-1,) + (1,) * gl.ndim) * gl
+                    ),
+                    ct_ks,
+                    g,
                 )
-                g_theta = _tree_dot(g, dval)  # dL/dts[oi]; t_n gets the negative
+                g_theta = _tree_dot(g, _combine(dw, ks))  # dL/dts[oi]; t_n gets the negative
                 g_ts = g_ts.at[oi].add(g_theta.astype(g_ts.dtype))
-                return oi - 1, ct_y, ct_ks, g_ts, g_tn - g_theta
+                return oi - 1, _add(ct_y, g), ct_ks, g_ts, g_tn - g_theta
 
-            init = (oi, _zeros_like(y_n), zeros_ks, g_ts, jnp.zeros((), ts.dtype))
+            init = (oi, _zeros_like(y_n), _zeros_like(ks), g_ts, jnp.zeros((), ts.dtype))
             oi, ct_y, ct_ks, g_ts, g_tn = jax.lax.while_loop(out_cond, out_body, init)
-            gy, gd, gt = pull((a_y, ct_ks))
+            gy, gd, gt = step_vjp(y_n, t_n, dt_n, a_y, ct_ks, ks)
             a_y = _add(gy, ct_y)
             a_d = _add(a_d, gd)
             g_ts = g_ts.at[0].add((gt + g_tn).astype(g_ts.dtype))  # t_n = ts[0] + sum of dts
@@ -341,7 +417,7 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
         _, a_y, a_d, g_ts, oi = jax.lax.while_loop(
             lambda c: c[0] >= start, walk, (end - 1, a_y, a_d, g_ts, oi)
         )
-        nfe = nfe + (end - start) * 2 * evals
+        nfe = nfe + (end - start) * 2 * n_stages
         return j - 1, a_y, a_d, g_ts, oi, nfe, local
 
     n_seg = (n_acc + stride - 1) // stride

@@ -76,7 +76,11 @@ def integrate(
     norm: Callable,
     recorder: Recorder | None = None,
 ):
-    """Solve from ts[0] to ts[-1] (strictly increasing) and return (ys, stats, result, aux)."""
+    """Solve from ts[0] to ts[-1] (strictly increasing).
+
+    Returns (ys, stats, result, aux, dt_next): dt_next is the step size proposed after the last
+    step (a good dt0 for a solve that continues from ts[-1]).
+    """
     recorder = recorder or Recorder()
     tdtype = ts.dtype
     n_out = ts.shape[0]
@@ -92,7 +96,9 @@ def integrate(
     if n_out == 1:  # nothing to integrate: no evaluations of f at all
         zero = jnp.asarray(0, i32)
         stats = dict.fromkeys(("nfe", "num_steps", "num_accepted", "num_rejected"), zero)
-        return ys, stats, jnp.asarray(RESULTS.successful, i32), recorder.init(y0, ts)
+        ok = jnp.asarray(RESULTS.successful, i32)
+        dt_next = jnp.asarray(jnp.nan if dt0 is None else dt0, tdtype)
+        return ys, stats, ok, recorder.init(y0, ts), dt_next
     nfe = 0
     f0 = None
     if method.fsal or method.adaptive:
@@ -168,6 +174,10 @@ def integrate(
             accept = finite & (err <= 1.0)
             factor = controller.factor(err, s.prev_err, accept, method.order, s.rejected)
             dt_next = (dt * factor).astype(tdtype)
+            # The last step is usually cut short to end on t_end; the step size handed back
+            # (Solution.dt_next, to start a following solve) should not inherit that cut.
+            landed = accept & (t1 >= t_end)
+            dt_next = jnp.where(landed, jnp.maximum(dt_next, s.dt), dt_next)
             prev_err = jnp.where(accept, err, s.prev_err)
             tiny = 16 * eps * jnp.maximum(jnp.abs(s.t), jnp.abs(t_end))
             # Written so that a NaN step size (e.g. f(t0, y0) is NaN) also counts as underflow.
@@ -220,4 +230,4 @@ def integrate(
         "num_accepted": state.num_accepted,
         "num_rejected": state.num_rejected,
     }
-    return state.ys, stats, result, state.aux
+    return state.ys, stats, result, state.aux, state.dt

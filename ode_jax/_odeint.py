@@ -259,7 +259,7 @@ def odeint(
     # gradients) rather than baked into the compiled solve.
     args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args)
     direction = jnp.asarray(direction, tdtype)
-    ys, stats, result = solve_with_adjoint(
+    ys, stats, result, dt_next = solve_with_adjoint(
         f_forward, y0, direction * ts, (args, direction), tols, probe, config
     )
     for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
@@ -267,4 +267,4 @@ def odeint(
     ys = _check_ts_runtime(ts, ys)
     if throw:
         ys = raise_if_failed(ys, result)
-    return Solution(ts=ts, ys=ys, stats=stats, result=result)
+    return Solution(ts=ts, ys=ys, stats=stats, result=result, dt_next=dt_next)

@@ -40,12 +40,16 @@ class Solution(eqx.Module):
         stats: dict of int32 arrays: "nfe" (vector-field evaluations), "num_steps" (attempted
             steps), "num_accepted", "num_rejected".
         result: int32 result code, see :class:`RESULTS` (0 means success).
+        dt_next: the step size (magnitude) the controller proposes after the last step; pass it
+            as ``dt0`` to a solve that continues from ``ts[-1]`` to skip the initial-step search.
+            NaN for a length-1 ``ts`` without ``dt0``.
     """
 
     ts: jax.Array
     ys: object
     stats: dict
     result: jax.Array
+    dt_next: jax.Array | None = None
 
     @property
     def succeeded(self) -> jax.Array:
