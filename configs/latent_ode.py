@@ -1,8 +1,13 @@
 """Latent ODE vs RNN baselines on irregularly sampled noisy spirals (paper Section 5, Table 2).
 
 The paper leaves the spiral formula and noise level unstated; the choices are the fields below
-(see ode_jax/data/_spirals.py): Archimedean spirals r = a + b*theta at unit angular speed,
-half counter-clockwise and half mirrored (clockwise), theta0 uniform, Gaussian noise.
+(see ode_jax/data/_spirals.py). Two long trajectories, an Archimedean spiral r = a + b*theta
+traversed outwards at unit angular speed from theta_min (counter-clockwise) and its mirror image
+(clockwise), each n_total grid points; every sequence is a stretch of one of them (half each
+direction) starting at a random grid index, with i.i.d. Gaussian noise, as in torchdiffeq's
+examples/latent_ode.py. Training windows start anywhere on the trajectory, so they cover it all;
+test sequences start early enough that their extrapolation targets lie on it too, i.e. in the
+part the training windows show (`test_covered`).
 """
 
 from __future__ import annotations
@@ -25,11 +30,15 @@ class LatentODEConfig(TrainConfig):
     data_seed: int = 0  # train spirals use data_seed, test spirals data_seed + 1
     n_grid: int = 100  # equally spaced times in the observable window (paper: 100)
     n_extrap: int = 100  # grid times after the window, the extrapolation targets (paper: 100)
+    n_total: int = 400  # grid points of each long trajectory; training windows start in
+    #   [0, n_total - n_grid], so they cover all of it
+    test_covered: bool = True  # test sequences start in [0, n_total - n_grid - n_extrap], so
+    #   their targets lie on the covered trajectory (False: drawn like training sequences)
     dt: float = 0.04  # grid spacing; theta advances 1 rad per time unit
     spiral_a: float = 0.0  # r = a + b * theta
     spiral_b: float = 0.3
-    theta0_min: float = math.pi  # starting angle, uniform in [theta0_min, theta0_max]
-    theta0_max: float = 3 * math.pi
+    theta_min: float = math.pi  # angle at the trajectory's first grid point (r = 0.94 there)
+    spiral_offset: float = 0.0  # centres: counter-clockwise (+offset, 0), clockwise (-offset, 0)
     noise_std: float = 0.1  # std of the Gaussian observation noise
     n_obs: int = 30  # observations per sequence, drawn without replacement (paper: 30/50/100)
     # Latent ODE (paper: latent 4, RNN encoder 25 units, dynamics and decoder 1x20 hidden).
@@ -37,6 +46,8 @@ class LatentODEConfig(TrainConfig):
     rnn_hidden: int = 25  # recognition RNN and both baselines
     field_width: int = 20  # hidden units of the latent dynamics MLP (one hidden layer)
     decoder_width: int = 20  # hidden units of the decoder MLP (one hidden layer)
+    field_depth: int = 1  # hidden layers of the dynamics MLP (paper: 1; torchdiffeq: 2)
+    decoder_depth: int = 1  # hidden layers of the decoder MLP (paper: 1)
     encoder: Literal["rnn", "odernn"] = "rnn"  # rnn: paper; odernn: Rubanova et al. 2019
     cell: Literal["gru", "tanh"] = "gru"  # RNN cell of the encoder and both baselines
     obs_std: float = 0.1  # fixed std of the latent ODE's Gaussian likelihood p(x | z)
@@ -68,7 +79,7 @@ class LatentODEConfig(TrainConfig):
         require(self, "dt", self.dt > 0, "must be positive")
         require(self, "noise_std", self.noise_std >= 0, "must be >= 0")
         require(self, "obs_std", self.obs_std > 0, "must be positive")
-        require(self, "theta0_max", self.theta0_max >= self.theta0_min, "must be >= theta0_min")
+        require(self, "n_total", self.n_total >= self.n_grid + self.n_extrap, "too short")
         require(self, "kl_weight", self.kl_weight >= 0, "must be >= 0")
         require(self, "grad_clip", self.grad_clip == 0, "must be 0 (it would couple the models)")
         require(self, "num_plot", 1 <= self.num_plot <= self.num_test, "must be in [1, test]")
@@ -80,6 +91,7 @@ SMOKE = dict(
     num_test=4,
     n_grid=20,
     n_extrap=10,
+    n_total=40,
     dt=0.2,
     n_obs=8,
     rnn_hidden=6,

@@ -1,5 +1,6 @@
 """Latent ODE pieces: spiral data and irregular sampling, ELBO terms, batched solves, --smoke."""
 
+import dataclasses
 import json
 
 import equinox as eqx
@@ -10,6 +11,7 @@ import pytest
 from jax.scipy.stats import norm
 
 import ode_jax
+from configs.latent_ode import LatentODEConfig
 from experiments import latent_ode
 from ode_jax.data import make_spirals, observation_mask, sample_observation_indices
 from ode_jax.nn import (
@@ -26,10 +28,10 @@ TIGHT = dict(solver="dopri5", rtol=1e-10, atol=1e-10)
 
 
 def test_spirals_shapes_directions_and_noise():
-    s = make_spirals(3, 400, n_grid=20, n_extrap=7, dt=0.1, b=0.3, noise_std=0.1)
+    s = make_spirals(3, 400, n_grid=20, n_extrap=7, start_max=50, dt=0.1, b=0.3, noise_std=0.1)
     assert s.ts.shape == (27,) and s.clean.shape == s.noisy.shape == (400, 27, 2)
     assert s.clean.dtype == s.noisy.dtype == s.ts.dtype == np.float32
-    assert s.clockwise.sum() == 200 and s.n_grid == 20
+    assert s.clockwise.sum() == 200 and s.n_grid == 20 and s.start.shape == (400,)
     np.testing.assert_allclose(np.diff(s.ts), 0.1, rtol=1e-5)
     # Archimedean at unit angular speed: the radius grows by b * dt per step.
     r = np.linalg.norm(s.clean, axis=-1)
@@ -39,8 +41,43 @@ def test_spirals_shapes_directions_and_noise():
     cross = s.clean[:, :-1, 0] * v[..., 1] - s.clean[:, :-1, 1] * v[..., 0]
     assert np.all(cross[~s.clockwise] > 0) and np.all(cross[s.clockwise] < 0)
     assert abs(np.std(s.noisy - s.clean) - 0.1) < 0.005
-    again = make_spirals(3, 400, n_grid=20, n_extrap=7, dt=0.1, b=0.3, noise_std=0.1)
+    again = make_spirals(3, 400, n_grid=20, n_extrap=7, start_max=50, dt=0.1, noise_std=0.1)
     np.testing.assert_array_equal(again.noisy, s.noisy)  # deterministic in the seed
+    np.testing.assert_array_equal(s.head(5).start, s.start[:5])
+    with pytest.raises(ValueError, match="start_max"):
+        make_spirals(0, 4, start_max=-1)
+
+
+def test_sequences_are_stretches_of_two_long_trajectories():
+    """Every sequence is the long spiral of its direction from grid index ``start`` on: the
+    same curve for all, mirrored for clockwise, starts uniform over ``0 .. start_max``."""
+    kw = dict(n_grid=10, n_extrap=5, dt=0.1, a=0.2, b=0.3, theta_min=1.0, noise_std=0.0)
+    s = make_spirals(0, 600, start_max=40, **kw)
+    assert s.start.min() == 0 and s.start.max() == 40 and s.start.dtype.kind == "i"
+    assert len(np.unique(s.start)) == 41  # every start occurs
+    k = np.arange(41 + 15)
+    ccw = np.stack([(0.2 + 0.3 * (1 + 0.1 * k)) * f(1 + 0.1 * k) for f in (np.cos, np.sin)], -1)
+    for i in range(0, 600, 37):
+        path = ccw * ([1, -1] if s.clockwise[i] else [1, 1])
+        np.testing.assert_allclose(s.clean[i], path[s.start[i] : s.start[i] + 15], atol=1e-5)
+    np.testing.assert_array_equal(s.noisy, s.clean)  # noise_std=0
+
+
+def test_test_targets_lie_in_the_region_training_windows_cover():
+    """The experiment's split: every test extrapolation target is a grid point of the long
+    trajectory that some training window shows (400 windows of 20 from 21 starts: all points)."""
+    cfg = LatentODEConfig(**(latent_ode.SMOKE | dict(num_train=400, num_test=32)))
+    (train, _), (test, _) = latent_ode.datasets(cfg)
+    covered = {(bool(c), s + j) for c, s in zip(train.clockwise, train.start) for j in range(20)}
+    assert covered == {(c, k) for c in (False, True) for k in range(cfg.n_total)}
+    targets = {(bool(c), s + j) for c, s in zip(test.clockwise, test.start) for j in range(20, 30)}
+    assert targets <= covered
+    assert test.start.max() <= cfg.n_total - cfg.n_grid - cfg.n_extrap
+    # Without test_covered, test sequences are drawn like training ones and can leave it.
+    wide = dataclasses.replace(cfg, test_covered=False)
+    (_, _), (test_wide, _) = latent_ode.datasets(wide)
+    assert test_wide.start.max() > cfg.n_total - cfg.n_grid - cfg.n_extrap
+    assert train.start.max() == cfg.n_total - cfg.n_grid
 
 
 def test_irregular_sampling_without_replacement_and_masks():

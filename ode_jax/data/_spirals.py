@@ -1,11 +1,21 @@
 """Noisy 2-D spirals, irregularly observed: the latent-ODE data of Chen et al. 2018, Section 5.
 
-Each spiral is an Archimedean spiral ``r = a + b * theta`` traversed at unit angular speed,
-``theta(t) = theta0 +/- t``: half turn counter-clockwise (outwards), half clockwise (the mirror
-image ``(x, -y)``), each from its own ``theta0``. Every spiral is sampled on one regular grid
-of ``n_grid + n_extrap`` times spaced ``dt``: the first ``n_grid`` points are the window a model
-may observe, the next ``n_extrap`` extend past it (extrapolation targets). Observed values carry
-i.i.d. Gaussian noise; the noise-free trajectory is kept for evaluation.
+There are two long noise-free trajectories, one per direction, each ``n_total`` grid points
+spaced ``dt``: an Archimedean spiral ``r = a + b * theta`` traversed outwards at unit angular
+speed, ``theta(t) = theta_min + t``, counter-clockwise, and its mirror image ``(x, -y)``
+(clockwise), optionally moved apart to centres ``(+-offset, 0)``. A *sequence* is a stretch
+of one of them: it starts at a grid index ``start`` (its own time 0) and holds ``n_grid``
+points, the window a model may observe, followed by ``n_extrap`` points, the extrapolation
+targets. Sequences differ in direction and start, as in torchdiffeq's
+``examples/latent_ode.py`` (the windows there are also cut from two long spirals). Observed
+values carry i.i.d. Gaussian noise; the noise-free values are kept.
+
+Coverage: training sequences start anywhere their window fits on the trajectory
+(``start <= n_total - n_grid``), so together the training windows cover all of it. A sequence
+whose extrapolation targets also lie on it (``start <= n_total - n_grid - n_extrap``) is
+therefore asked to predict parts of the spiral that other training windows show; the
+experiment draws its test sequences that way. The formula is analytic, so targets past
+``n_total`` (of late training sequences) still have a value.
 """
 
 from __future__ import annotations
@@ -17,13 +27,14 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class Spirals:
-    """A set of ``S`` spirals on a common grid of ``T = n_grid + n_extrap`` times.
+    """``S`` sequences, each on its own copy of the grid of ``T = n_grid + n_extrap`` times.
 
     Attributes:
-        ts: (T,) times, ``dt * arange(T)``, float32.
+        ts: (T,) times from the sequence's start, ``dt * arange(T)``, float32.
         clean: (S, T, 2) noise-free positions, float32.
         noisy: (S, T, 2) ``clean`` plus Gaussian noise, float32.
-        clockwise: (S,) bool, the direction of each spiral.
+        clockwise: (S,) bool, the direction of each sequence.
+        start: (S,) int, the grid index on the long trajectory where each sequence starts.
         n_grid: how many leading grid points form the observable window.
     """
 
@@ -31,7 +42,31 @@ class Spirals:
     clean: np.ndarray
     noisy: np.ndarray
     clockwise: np.ndarray
+    start: np.ndarray
     n_grid: int
+
+    def head(self, k: int) -> Spirals:
+        """The first ``k`` sequences."""
+        return dataclasses.replace(
+            self,
+            clean=self.clean[:k],
+            noisy=self.noisy[:k],
+            clockwise=self.clockwise[:k],
+            start=self.start[:k],
+        )
+
+
+def spiral_positions(
+    k, clockwise, *, dt: float, a: float, b: float, theta_min: float, offset: float = 0.0
+):
+    """Noise-free position at grid index ``k`` (any float/int array) of the long trajectory
+    in direction ``clockwise`` (broadcast with ``k``): ``(*shape, 2)`` float64. The
+    counter-clockwise spiral is centred at ``(offset, 0)``, the clockwise one at
+    ``(-offset, 0)``."""
+    theta = theta_min + dt * np.asarray(k, np.float64)
+    r = a + b * theta
+    sign = np.where(clockwise, -1.0, 1.0)
+    return np.stack([r * np.cos(theta) - sign * offset, sign * r * np.sin(theta)], axis=-1)
 
 
 def make_spirals(
@@ -40,29 +75,36 @@ def make_spirals(
     *,
     n_grid: int = 100,
     n_extrap: int = 100,
+    start_max: int = 300,
     dt: float = 0.04,
     a: float = 0.0,
     b: float = 0.3,
-    theta0_range: tuple[float, float] = (np.pi, 3 * np.pi),
+    theta_min: float = np.pi,
+    offset: float = 0.0,
     noise_std: float = 0.1,
 ) -> Spirals:
-    """``num_spirals`` spirals, half clockwise (shuffled), drawn from ``default_rng(seed)``.
+    """``num_spirals`` sequences from ``default_rng(seed)``: exactly half clockwise (shuffled),
+    each starting at a grid index drawn uniformly from ``0 .. start_max`` (inclusive).
 
-    ``theta0`` is uniform in ``theta0_range`` (radians); position ``r (cos theta, sin theta)``,
-    mirrored to ``(x, -y)`` for the clockwise ones (whose angle then decreases in time).
+    Sequence ``s`` holds the trajectory's grid points ``start[s] .. start[s] + n_grid +
+    n_extrap - 1``, i.e. angles ``theta_min + dt * (start + arange(T))``.
     """
     if num_spirals < 1 or n_grid < 1 or n_extrap < 0 or dt <= 0 or noise_std < 0:
         raise ValueError("need num_spirals, n_grid >= 1, n_extrap >= 0, dt > 0, noise_std >= 0")
+    if start_max < 0:
+        raise ValueError(f"need start_max >= 0, got {start_max}")
     rng = np.random.default_rng(seed)
-    ts = dt * np.arange(n_grid + n_extrap)
+    steps = np.arange(n_grid + n_extrap)
     clockwise = rng.permutation(np.arange(num_spirals) < num_spirals // 2)
-    theta = rng.uniform(*theta0_range, size=(num_spirals, 1)) + ts  # (S, T)
-    r = a + b * theta
-    sign = np.where(clockwise, -1.0, 1.0)[:, None]
-    clean = np.stack([r * np.cos(theta), sign * r * np.sin(theta)], axis=-1)
+    start = rng.integers(0, start_max + 1, size=num_spirals)
+    k = start[:, None] + steps  # (S, T) grid indices on the long trajectory
+    clean = spiral_positions(
+        k, clockwise[:, None], dt=dt, a=a, b=b, theta_min=theta_min, offset=offset
+    )
     noisy = clean + noise_std * rng.standard_normal(clean.shape)
     f32 = np.float32
-    return Spirals(ts.astype(f32), clean.astype(f32), noisy.astype(f32), clockwise, n_grid)
+    ts = (dt * steps).astype(f32)
+    return Spirals(ts, clean.astype(f32), noisy.astype(f32), clockwise, start, n_grid)
 
 
 def sample_observation_indices(seed: int, num_sequences: int, n_grid: int, n: int) -> np.ndarray:

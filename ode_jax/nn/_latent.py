@@ -164,8 +164,9 @@ class LatentODE(eqx.Module):
     Args:
         obs_size, latent_size: ``D`` and ``L`` (paper: 2 and 4).
         rnn_hidden: encoder hidden units (paper: 25).
-        field_width, decoder_width: hidden units of the one-hidden-layer dynamics and decoder
-            MLPs (paper: 20 each).
+        field_width, decoder_width: hidden units of the dynamics and decoder MLPs (paper: 20).
+        field_depth, decoder_depth: their hidden layers (paper: 1 each; torchdiffeq's example
+            uses 2 for the dynamics).
         encoder: "rnn" (:class:`RecognitionRNN`, the paper) or "odernn" (:class:`ODERNNEncoder`).
         cell: the recognition RNN's cell.
     """
@@ -182,6 +183,8 @@ class LatentODE(eqx.Module):
         rnn_hidden=25,
         field_width=20,
         decoder_width=20,
+        field_depth=1,
+        decoder_depth=1,
         encoder: Literal["rnn", "odernn"] = "rnn",
         cell: Literal["gru", "tanh"] = "gru",
         key,
@@ -194,9 +197,9 @@ class LatentODE(eqx.Module):
         else:
             raise ValueError(f"encoder={encoder!r} is not one of ('rnn', 'odernn')")
         elu = jax.nn.elu
-        self.field = MLPField(latent_size, field_width, 1, activation=elu, key=k2)
+        self.field = MLPField(latent_size, field_width, field_depth, activation=elu, key=k2)
         self.decoder = MLPField(
-            latent_size, decoder_width, 1, out_size=obs_size, activation=elu, key=k3
+            latent_size, decoder_width, decoder_depth, out_size=obs_size, activation=elu, key=k3
         )
 
     def encode(self, x_BND, t_BN, t0):
