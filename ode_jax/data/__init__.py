@@ -10,3 +10,11 @@ from ._spirals import Spirals as Spirals
 from ._spirals import make_spirals as make_spirals
 from ._spirals import observation_mask as observation_mask
 from ._spirals import sample_observation_indices as sample_observation_indices
+from ._toy2d import KNOWN_DENSITY as KNOWN_DENSITY
+from ._toy2d import POTENTIALS as POTENTIALS
+from ._toy2d import TOY_DATASETS as TOY_DATASETS
+from ._toy2d import potential as potential
+from ._toy2d import potential_log_normalizer as potential_log_normalizer
+from ._toy2d import sample_toy as sample_toy
+from ._toy2d import toy_entropy as toy_entropy
+from ._toy2d import toy_log_density as toy_log_density

@@ -1,6 +1,12 @@
 """Equinox modules for neural ODEs: vector fields, time-conditioned layers and ODE blocks."""
 
 from ._block import ODEBlock as ODEBlock
+from ._cnf import CNF as CNF
+from ._cnf import PlanarCNFField as PlanarCNFField
+from ._cnf import divergence_exact as divergence_exact
+from ._cnf import divergence_hutchinson as divergence_hutchinson
+from ._cnf import flow_and_divergence as flow_and_divergence
+from ._cnf import sample_noise as sample_noise
 from ._conv import ConcatConv2d as ConcatConv2d
 from ._latent import LatentODE as LatentODE
 from ._latent import ODERNNEncoder as ODERNNEncoder
@@ -17,3 +23,5 @@ from ._linear import ConcatSquashLinear as ConcatSquashLinear
 from ._linear import PlainLinear as PlainLinear
 from ._mlp import MLPField as MLPField
 from ._norm import GroupNorm as GroupNorm
+from ._planar import PlanarFlow as PlanarFlow
+from ._planar import standard_normal_log_prob as standard_normal_log_prob
