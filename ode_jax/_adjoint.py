@@ -27,12 +27,12 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from ._control import PIDController, rms_norm
 from ._loop import Recorder, integrate
 from ._solution import raise_if_failed
-from ._solvers import RungeKutta, dense_weights
+from ._solvers import RungeKutta, combine, dense_weights, looped, stage_matrices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,56 +143,97 @@ def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
 # Continuous adjoint.
 
 
-def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
-    from ._odeint import odeint  # the backward solve is itself an odeint (differentiable)
+def _augmented_packing(y, d):
+    """(pack, unpack) between the augmented state (y, a_y, a_params) and what the solver steps.
 
+    When every leaf of y and the parameters shares one dtype, the state is one flat vector, as
+    in jax.experimental.ode: each stage's linear combination, error norm and output write is
+    then one operation instead of one per leaf, which makes the backward solve's program
+    several times smaller (and faster to compile) for a many-leaved model. Otherwise the state
+    stays the pytree (y, a_y, a_params).
+    """
+    leaves = jax.tree.leaves((y, d))
+    if len({leaf.dtype for leaf in leaves}) != 1:
+        return (lambda *parts: parts), (lambda state: state)
+    _, unravel_y = ravel_pytree(y)
+    _, unravel_d = ravel_pytree(d)
+    n_y = sum(leaf.size for leaf in jax.tree.leaves(y))
+    dtype = leaves[0].dtype
+
+    def pack(y_, a_y, a_d):
+        return jnp.concatenate([ravel_pytree(x)[0].astype(dtype) for x in (y_, a_y, a_d)])
+
+    def unpack(state):
+        return unravel_y(state[:n_y]), unravel_y(state[n_y : 2 * n_y]), unravel_d(state[2 * n_y :])
+
+    return pack, unpack
+
+
+def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
     ys, ts, d, tols, probe, dt_forward = res
     n = ts.shape[0]
     adj_rtol, adj_atol = tols[3], tols[4]
     y0 = _take(ys, 0)
 
+    pack, unpack = _augmented_packing(y0, d)
+
     def aug(t, state, d_):
-        y, a_y, _ = state
+        y, a_y, _ = unpack(state)
         fy, pull = jax.vjp(lambda y_, dd: vf(t, y_, dd), y, d_)
         gy, gd = pull(a_y)
-        return fy, jax.tree.map(jnp.negative, gy), jax.tree.map(jnp.negative, gd)
+        return pack(fy, jax.tree.map(jnp.negative, gy), jax.tree.map(jnp.negative, gd))
 
     # As torchdiffeq: the max over the parts [y, a_y, a_params] of each part's RMS, so the many
     # parameter-adjoint entries neither dilute nor dominate the error of y and a_y. The seminorm
     # drops a_params (Kidger et al. 2021), which can then only remove steps.
     def mixed_norm(err):
-        return jnp.maximum(jnp.maximum(rms_norm(err[0]), rms_norm(err[1])), rms_norm(err[2]))
+        e_y, e_a, e_d = unpack(err)
+        return jnp.maximum(jnp.maximum(rms_norm(e_y), rms_norm(e_a)), rms_norm(e_d))
 
     def seminorm(err):
-        return jnp.maximum(rms_norm(err[0]), rms_norm(err[1]))
+        e_y, e_a, _ = unpack(err)
+        return jnp.maximum(rms_norm(e_y), rms_norm(e_a))
+
+    def backward_field(s, state, d_):
+        return jax.tree.map(lambda o, x: (-o).astype(x.dtype), aug(-s, state, d_), state)
+
+    # One copy of the augmented field (a VJP of f) in the program, not one per stage.
+    method = looped(config.adjoint_method)
+    backward_config = AdjointConfig(
+        kind="continuous",
+        method=method,
+        adjoint_method=method,
+        controller=config.controller,
+        norm=seminorm if config.seminorm else mixed_norm,
+        seminorm=config.seminorm,
+        max_steps=config.adjoint_max_steps,
+        adjoint_max_steps=config.adjoint_max_steps,
+        checkpoints=None,
+    )
 
     def interval(carry, i):
         a_y, a_d, stats, result, dt = carry
         y_i, g_i = _take(ys, i), _take(g_ys, i)
         a_y = _add(a_y, g_i)
         g_t = _tree_dot(g_i, vf(ts[i], y_i, d))
-        sol = odeint(
-            aug,
-            (y_i, a_y, a_d),
-            jnp.stack([ts[i], ts[i - 1]]),
+        # The solve from ts[i] back to ts[i-1], in the time s = -t (solve_with_adjoint steps
+        # forwards). It is called directly, not through the public odeint: its arguments are
+        # valid by construction, and skipping odeint's run-time checks keeps the program small.
+        # It is itself under the continuous adjoint, so grad-of-grad works.
+        dt0 = dt if method.adaptive else tols[2]
+        ys_b, stats_b, result_b, dt_next = solve_with_adjoint(
+            backward_field,
+            pack(y_i, a_y, a_d),
+            -jnp.stack([ts[i], ts[i - 1]]),
             d,
-            solver=config.adjoint_method,
-            rtol=adj_rtol,
-            atol=adj_atol,
-            # Each interval starts from the step size the previous one ended with (the first
-            # from the forward solve's), saving an initial-step search per output time.
-            dt0=dt if config.adjoint_method.adaptive else tols[2],
-            max_steps=config.adjoint_max_steps,
-            controller=config.controller,
-            norm=seminorm if config.seminorm else mixed_norm,
-            adjoint="continuous",
-            seminorm=config.seminorm,
-            throw=False,
+            (adj_rtol, adj_atol, dt0, adj_rtol, adj_atol),
+            jnp.zeros_like(probe),
+            backward_config,
         )
-        _, a_y, a_d = _take(sol.ys, -1)
-        stats = stats + _stats_vector(sol.stats, stats.dtype) + jnp.array([1, 0, 0, 0], stats.dtype)
-        result = jnp.maximum(result, sol.result)
-        return (a_y, a_d, stats, result, _usable_dt(sol.dt_next, ts, i)), g_t
+        _, a_y, a_d = unpack(_take(ys_b, -1))
+        stats = stats + _stats_vector(stats_b, stats.dtype) + jnp.array([1, 0, 0, 0], stats.dtype)
+        result = jnp.maximum(result, result_b)
+        return (a_y, a_d, stats, result, _usable_dt(dt_next, ts, i)), g_t
 
     def _usable_dt(dt, ts, i):
         dt = jax.lax.stop_gradient(jnp.asarray(dt, ts.dtype))
@@ -281,23 +322,6 @@ class _StepRecorder(Recorder):
         return {**aux, "out_step": aux["out_step"].at[index].set(step)}
 
 
-def _stage_matrices(method: RungeKutta, dtype):
-    s = method.stages
-    a = np.zeros((s, s))
-    for i, row in enumerate(method.a):
-        a[i, : len(row)] = row
-    return (
-        jnp.asarray(a, dtype),
-        jnp.asarray(method.b, dtype),
-        jnp.asarray(method.c, dtype),
-    )
-
-
-def _combine(w, stacked):
-    """sum_i w[i] * stacked[i] for every leaf of a pytree of (stages, ...) arrays."""
-    return jax.tree.map(lambda k: jnp.tensordot(w.astype(k.dtype), k, axes=1), stacked)
-
-
 def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
     """Walk the accepted steps backwards, one stage at a time.
 
@@ -313,13 +337,13 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
     step_t, step_dt, ck, out_step = aux["step_t"], aux["step_dt"], aux["ck"], aux["out_step"]
     n_stages = method.stages
     sdtype = probe.dtype
-    a_mat, b_vec, c_vec = _stage_matrices(method, ts.dtype)
+    a_mat, b_vec, c_vec = stage_matrices(method, ts.dtype)
 
     def axpy(y, dt, x):
         return jax.tree.map(lambda yl, xl: yl + dt.astype(yl.dtype) * xl, y, x)
 
     def stage_input(y, ks, i, dt):
-        return axpy(y, dt, _combine(a_mat[i], ks))
+        return axpy(y, dt, combine(a_mat[i], ks))
 
     def stages(y, t, dt):
         """Stacked stage derivatives (stages, ...) of the step from (t, y) and the new state."""
@@ -330,7 +354,7 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
             return jax.tree.map(lambda buf, v: buf.at[i].set(v), ks, k)
 
         ks = jax.lax.fori_loop(0, n_stages, body, ks)
-        y1 = axpy(y, dt, _combine(b_vec, ks))
+        y1 = axpy(y, dt, combine(b_vec, ks))
         return y1, ks
 
     def dense_w(theta, derivative=False):
@@ -402,7 +426,7 @@ def _discrete_bwd(vf, config: AdjointConfig, n_local, res, g_ys):
                     ct_ks,
                     g,
                 )
-                g_theta = _tree_dot(g, _combine(dw, ks))  # dL/dts[oi]; t_n gets the negative
+                g_theta = _tree_dot(g, combine(dw, ks))  # dL/dts[oi]; t_n gets the negative
                 g_ts = g_ts.at[oi].add(g_theta.astype(g_ts.dtype))
                 return oi - 1, _add(ct_y, g), ct_ks, g_ts, g_tn - g_theta
 

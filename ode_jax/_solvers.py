@@ -14,6 +14,7 @@ for bosh3.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,10 @@ class RungeKutta:
         b: solution weights, length ``stages``.
         b_err: weights of the error estimate ``dt * sum(b_err * k)``, or None (fixed step).
         dense: (stages, degree) dense-output matrix, see the module docstring.
+        stage_loop: compute the stages in a ``lax.fori_loop`` instead of unrolling them, so the
+            vector field appears once in the compiled program instead of once per stage. This
+            cuts compile time for large vector fields (the continuous adjoint's backward solve
+            uses it) at a small cost per step; see :func:`looped`.
     """
 
     name: str
@@ -43,6 +48,7 @@ class RungeKutta:
     b: tuple
     b_err: tuple | None
     dense: tuple
+    stage_loop: bool = False
 
     @property
     def stages(self) -> int:
@@ -69,7 +75,16 @@ class RungeKutta:
         return self.stages - 1 if self.fsal else self.stages
 
     def __repr__(self) -> str:
-        return f"RungeKutta({self.name!r}, order={self.order})"
+        loop = ", stage_loop=True" if self.stage_loop else ""
+        return f"RungeKutta({self.name!r}, order={self.order}{loop})"
+
+
+@functools.cache
+def looped(method: RungeKutta) -> RungeKutta:
+    """The same method with its stages in a loop (one object per method, so jit caches hit)."""
+    if method.stage_loop:
+        return method
+    return dataclasses.replace(method, stage_loop=True)
 
 
 def _make(name, order, c, a, b, b_err, dense):
@@ -264,6 +279,8 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0):
     """
     if f0 is None:
         f0 = f(t, y, args)
+    if method.stage_loop and method.stages > 2:
+        return _rk_step_looped(method, f, t, y, dt, args, f0)
     ks = [f0]
     y1 = None
     for i in range(1, method.stages):
@@ -273,6 +290,43 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0):
         ks.append(f(t + method.c[i] * dt, yi, args))
     if y1 is None:
         y1 = lincomb(y, dt, method.b, ks)
+    y_err = None if method.b_err is None else lincomb(None, dt, method.b_err, ks)
+    return y1, y_err, ks
+
+
+def stage_matrices(method: RungeKutta, dtype):
+    """The tableau as arrays: (a as a (stages, stages) matrix, b, c)."""
+    s = method.stages
+    a = np.zeros((s, s))
+    for i, row in enumerate(method.a):
+        a[i, : len(row)] = row
+    return (
+        jnp.asarray(a, dtype),
+        jnp.asarray(method.b, dtype),
+        jnp.asarray(method.c, dtype),
+    )
+
+
+def combine(w, stacked):
+    """sum_i w[i] * stacked[i] for every leaf of a pytree of (stages, ...) arrays."""
+    return jax.tree.map(lambda k: jnp.tensordot(w.astype(k.dtype), k, axes=1), stacked)
+
+
+def _rk_step_looped(method: RungeKutta, f, t, y, dt, args, f0):
+    """:func:`rk_step` with stages 1.. in a ``fori_loop`` over a stacked (stages, ...) buffer."""
+    s = method.stages
+    tdtype = jnp.result_type(t, dt)
+    a_mat, _, c_vec = stage_matrices(method, tdtype)
+
+    def body(i, ks):
+        yi = jax.tree.map(lambda yl, x: yl + dt.astype(yl.dtype) * x, y, combine(a_mat[i], ks))
+        k = f(t + c_vec[i] * dt, yi, args)
+        return jax.tree.map(lambda buf, v: buf.at[i].set(v.astype(buf.dtype)), ks, k)
+
+    ks = jax.tree.map(lambda k: jnp.zeros((s,) + k.shape, k.dtype).at[0].set(k), f0)
+    ks = jax.lax.fori_loop(1, s, body, ks)
+    ks = [jax.tree.map(lambda k, i=i: k[i], ks) for i in range(s)]
+    y1 = lincomb(y, dt, method.b, ks)
     y_err = None if method.b_err is None else lincomb(None, dt, method.b_err, ks)
     return y1, y_err, ks
 

@@ -109,3 +109,24 @@ def test_dense_output_local_order(name):
     slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
     print(f"\n{name}: interpolant local error slope {slope:.2f}")
     assert slope > DENSE_LOCAL_ORDER[name] - 0.3
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_stage_loop_matches_unrolled(name):
+    """A method with its stages in a fori_loop takes the same steps to the same values."""
+    from ode_jax._solvers import looped
+
+    method = get_solver(name)
+    assert looped(method) is looped(method) and looped(method).stage_loop
+    assert looped(looped(method)) is looped(method)
+
+    def f(t, y, args):
+        return {"a": -args * y["a"] * jnp.cos(t), "b": y["a"] - 0.3 * y["b"]}
+
+    y0 = {"a": jnp.ones(3), "b": jnp.zeros(3)}
+    ts = jnp.linspace(0.0, 3.0, 7)
+    ref = ode_jax.odeint(f, y0, ts, 0.7, solver=method, rtol=1e-8, atol=1e-10)
+    sol = ode_jax.odeint(f, y0, ts, 0.7, solver=looped(method), rtol=1e-8, atol=1e-10)
+    assert int(sol.stats["nfe"]) == int(ref.stats["nfe"])
+    for got, want in zip(jax.tree.leaves(sol.ys), jax.tree.leaves(ref.ys)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
