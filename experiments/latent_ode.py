@@ -40,15 +40,9 @@ class Models(eqx.Module):
     rnn_gap: RNNBaseline | None
 
 
-@functools.lru_cache(maxsize=4)
-def datasets(cfg: LatentODEConfig):
-    """``(train, test)``: spirals plus each spiral's fixed observation indices (S, n_obs).
-
-    Training windows start anywhere on the long trajectories; test sequences (with
-    ``test_covered``) only where their extrapolation targets stay on them (see
-    ode_jax/data/_spirals.py: the region past each test window is seen in training windows).
-    """
-    kw = dict(
+def spiral_kwargs(cfg: LatentODEConfig) -> dict:
+    """``make_spirals`` keywords from the config (all but the seed, count and start range)."""
+    return dict(
         n_grid=cfg.n_grid,
         n_extrap=cfg.n_extrap,
         dt=cfg.dt,
@@ -58,6 +52,17 @@ def datasets(cfg: LatentODEConfig):
         offset=cfg.spiral_offset,
         noise_std=cfg.noise_std,
     )
+
+
+@functools.lru_cache(maxsize=4)
+def datasets(cfg: LatentODEConfig):
+    """``(train, test)``: spirals plus each spiral's fixed observation indices (S, n_obs).
+
+    Training windows start anywhere on the long trajectories; test sequences (with
+    ``test_covered``) only where their extrapolation targets stay on them (see
+    ode_jax/data/_spirals.py: the region past each test window is seen in training windows).
+    """
+    kw = spiral_kwargs(cfg)
     train_max = cfg.n_total - cfg.n_grid
     test_max = train_max - cfg.n_extrap if cfg.test_covered else train_max
     out = []
@@ -193,14 +198,39 @@ def build(cfg: LatentODEConfig) -> common.Task:
 
 
 def finish(cfg: LatentODEConfig, task, result: common.TrainResult, out: Path) -> dict:
-    """Figures of a few test spirals; the final RMSEs."""
-    _, (test, test_idx) = datasets(cfg)
+    """Figures of the data and of a few test spirals; the final RMSEs."""
+    (train, train_idx), (test, test_idx) = datasets(cfg)
     k = cfg.num_plot
     x, t = observed(test, test_idx)
     pred = jax.tree.map(np.asarray, _predict_jit(result.model, x[:k], t[:k], cfg))
+    plot_data(out / "data.png", cfg, train, train_idx, test, test_idx)
     plot_extrapolations(out / "extrapolations.png", cfg, test, x[:k], t[:k], pred)
     plot_latents(out / "latent_trajectories.png", cfg, test, pred["z"], test.clockwise[:k])
     return {"n_obs": cfg.n_obs, "figures": sorted(p.name for p in out.glob("*.png"))}
+
+
+def plot_data(path, cfg, train, train_idx, test, test_idx):
+    """The two long trajectories, the span training windows cover, one training sequence's
+    observations and one test sequence's window and extrapolation targets."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    n = cfg.n_grid
+    # Two noise-free sequences from index 0: the long trajectories (one per direction).
+    kw = dict(spiral_kwargs(cfg), n_grid=cfg.n_total, start_max=0, noise_std=0.0)
+    for i, path_ in enumerate(make_spirals(0, 2, **kw).clean):
+        label = None if i else "covered by training windows"
+        ax.plot(*path_[: cfg.n_total].T, color="0.8", lw=4, label=label)
+        ax.plot(*path_[cfg.n_total - 1 :].T, color="0.6", lw=1, ls="--")
+    x, _ = observed(train.head(1), train_idx[:1])
+    ax.plot(*x[0].T, "k.", ms=4, label="a training sequence")
+    x, _ = observed(test.head(1), test_idx[:1])
+    ax.plot(*x[0].T, "C0.", ms=4, label="a test sequence")
+    ax.plot(*test.clean[0, n:].T, "C3-", lw=2, label="its extrapolation targets")
+    ax.set(aspect="equal", xticks=[], yticks=[])
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.suptitle("spiral data: two long trajectories, sequences are stretches of them")
+    report.save_figure(fig, path)
 
 
 def plot_extrapolations(path, cfg, spirals, x, t, pred):
@@ -256,7 +286,7 @@ def write_table(run_dirs, out) -> str:
         n = cfg["n_obs"]
         rows.append(dict(n_obs=n, steps=metrics["steps"], **metrics["final_eval"]))
         shutil.copy(d / "config.json", out / f"config_n{n}.json")
-        for fig in ("extrapolations", "latent_trajectories", "training_curve"):
+        for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
             shutil.copy(d / f"{fig}.png", out / f"{fig}_n{n}.png")
     rows.sort(key=lambda r: r["n_obs"])
     report.write_json(out / "metrics.json", rows)

@@ -171,7 +171,7 @@ def test_latent_ode_smoke(tmp_path):
     argv = ["--smoke", "--out", str(out), "--no-progress"]
     metrics = latent_ode.main(argv)
     files = {p.name for p in out.iterdir()}
-    assert {"metrics.json", "extrapolations.png", "latent_trajectories.png"} <= files
+    assert {"metrics.json", "data.png", "extrapolations.png", "latent_trajectories.png"} <= files
     final = json.loads((out / "metrics.json").read_text())["final_eval"]
     for name in latent_ode.MODELS:
         for kind in ("clean", "noisy"):
