@@ -22,3 +22,16 @@ def test_spiral_smoke(tmp_path, capsys):
     again = spiral.main(argv)
     assert again["final_eval"] == metrics["final_eval"]
     assert "step 3" not in capsys.readouterr().out.split("wrote")[-1]
+
+
+def test_cnf_smoke(tmp_path):
+    from experiments import cnf
+
+    argv = ["--smoke", "--task", "mle", "--data", "8gaussians", "--model", "cnf_planar"]
+    metrics = cnf.main([*argv, "--out", str(tmp_path), "--no-progress"])
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"metrics.json", "density.npz", "density.png", "transport.png"} <= files
+    assert metrics["steps"] == cnf.SMOKE["steps"] and metrics["nfe_fwd_per_step"] > 0
+    final = metrics["final_eval"]
+    assert final["nfe"] > 0 and abs(final["gap"] - (final["test_nll"] - metrics["entropy"])) < 1e-4
+    assert abs(metrics["grid_mass"] - 1) < 0.2  # a 12x12 grid over [-4, 4]^2: coarse

@@ -218,16 +218,22 @@ class CNF(eqx.Module):
             raise ValueError(f"{name} must be a float array of shape (..., d), got {arr.shape}")
         return arr
 
-    def log_prob(self, x, *, key=None, divergence=None, probe=None):
-        """``(log p(x), stats)``: solve ``[x, 0]`` from ``t0`` to ``t1``; shape ``x.shape[:-1]``.
+    def to_base(self, x, *, key=None, divergence=None, probe=None):
+        """``(z, log p(x), stats)``: solve ``[x, 0]`` from ``t0`` to ``t1``.
 
-        ``key`` draws the Hutchinson noise (needed for ``divergence="hutchinson"``).
+        ``z`` has the shape of ``x``, ``log p(x)`` shape ``x.shape[:-1]``. ``key`` draws the
+        Hutchinson noise (needed for ``divergence="hutchinson"``).
         """
         x = self._check(x, "x")
         ts = np.array([self.t0, self.t1], x.dtype)
         state0 = (x, jnp.zeros(x.shape[:-1], x.dtype))
         (z, delta), stats = self._solve(state0, ts, divergence, key, probe)
-        return standard_normal_log_prob(z) - delta, stats
+        return z, standard_normal_log_prob(z) - delta, stats
+
+    def log_prob(self, x, *, key=None, divergence=None, probe=None):
+        """``(log p(x), stats)``; see :meth:`to_base`."""
+        _, logp, stats = self.to_base(x, key=key, divergence=divergence, probe=probe)
+        return logp, stats
 
     def sample_with_log_prob(self, z, *, key=None, divergence=None, probe=None):
         """``(x, log p(x), stats)`` for base samples ``z``: solve from ``t1`` back to ``t0``."""
