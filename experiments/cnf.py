@@ -51,9 +51,11 @@ N_SHOW = 2000  # samples drawn in the figures
 
 # The grids: (run name, config overrides). Density matching: the paper's Figure 4 (K, M = 2,
 # 8, 32). Maximum likelihood: the paper's Figure 5 widths (64) plus FFJORD's field.
-DENSITY_GRID = [(f"nf{k}", dict(model="nf", width=k)) for k in (2, 8, 32)] + [
-    (f"cnf_planar{m}", dict(model="cnf_planar", width=m)) for m in (2, 8, 32)
-]
+DENSITY_GRID = (
+    [(f"nf{k}", dict(model="nf", width=k)) for k in (2, 8, 32)]
+    + [(f"cnf_planar{m}", dict(model="cnf_planar", width=m)) for m in (2, 8, 32)]
+    + [("nf32_10k", dict(model="nf", width=32, steps=10000))]  # NF steps are cheap: 5x more
+)
 MLE_GRID = [
     ("nf64", dict(model="nf", width=64)),
     ("cnf_planar64", dict(model="cnf_planar", width=64)),
@@ -313,7 +315,8 @@ def run_grid(argv) -> list:
                 print(f"skip {out} (metrics.json exists)")
                 continue
             flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
-            argv_run = ["--task", args.task, "--data", d, *flags, "--out", str(out), *extra]
+            # The run's own settings come last: they win over the shared flags.
+            argv_run = ["--task", args.task, "--data", d, *extra, *flags, "--out", str(out)]
             print("run", " ".join(argv_run), flush=True)
             metrics = common.main(CNFConfig, SMOKE, build, finish, argv_run)
             print(f"  {out}: {metrics.get('final_eval')}", flush=True)
@@ -343,7 +346,7 @@ def collect(root: Path) -> list[dict]:
                 task=cfg["task"],
                 data=cfg["data"],
                 run=run.name,
-                model=label(cfg),
+                model=label(cfg) + (f", {cfg['steps']} steps" if "_10k" in run.name else ""),
                 steps=m["steps"],
                 **m["final_eval"],
                 nfe_fwd_last=m["nfe_fwd_last"],

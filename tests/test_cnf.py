@@ -127,6 +127,8 @@ def test_sampling_inverts_the_forward_map():
 @pytest.mark.parametrize("dim", [2, 3])
 def test_planar_flow_logdet_is_slogdet_of_the_jacobian(dim):
     flow = nn.PlanarFlow(dim, 4, init_scale=1.0, key=KEY)
+    u = jax.random.normal(jax.random.key(13), flow.u.shape)  # not volume-preserving any more
+    flow = eqx.tree_at(lambda f: f.u, flow, u)
     z = jax.random.normal(jax.random.key(10), (6, dim))
     _, logdet = flow.forward(z)
     jac = jax.vmap(jax.jacfwd(lambda zi: flow.forward(zi)[0]))(z)
@@ -141,6 +143,8 @@ def test_planar_flow_u_constraint_and_inverse():
     flow = eqx.tree_at(lambda f: (f.w, f.u), nn.PlanarFlow(2, 2, key=KEY), (w, -10 * w))
     assert jnp.all(jnp.sum(flow.w * flow.u, -1) < -1)  # the raw u would not be invertible
     assert jnp.all(jnp.sum(flow.w * flow.u_hat(), -1) > -1)
+    fresh = nn.PlanarFlow(2, 8, key=KEY)  # starts volume-preserving: wᵀû = 0
+    np.testing.assert_allclose(jnp.sum(fresh.w * fresh.u_hat(), -1), 0.0, atol=1e-12)
     z = 3 * jax.random.normal(jax.random.key(11), (20, 2))
     y, _ = flow.forward(z)
     np.testing.assert_allclose(flow.inverse(y), z, atol=1e-10)
@@ -149,9 +153,11 @@ def test_planar_flow_u_constraint_and_inverse():
 @pytest.mark.parametrize("maps", ["base_to_data", "data_to_base"])
 def test_planar_flow_log_prob_and_sampling_agree(maps):
     flow = nn.PlanarFlow(2, 6, maps=maps, init_scale=0.8, key=KEY)
+    flow = eqx.tree_at(lambda f: f.u, flow, jax.random.normal(jax.random.key(14), (6, 2)))
     z = jax.random.normal(jax.random.key(12), (8, 2))
     x, logq = flow.sample_with_log_prob(z)
     np.testing.assert_allclose(flow.log_prob(x), logq, rtol=1e-9)
+    assert jnp.max(jnp.abs(logq - nn.standard_normal_log_prob(z))) > 1e-2
     g = jnp.linspace(-8, 8, 161)
     pts = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
     mass = jnp.sum(jnp.exp(flow.log_prob(pts))) * (g[1] - g[0]) ** 2
