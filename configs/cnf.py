@@ -5,18 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from .base import TrainConfig, require
+from ode_jax.data import POTENTIALS as POTENTIAL_NAMES
+from ode_jax.data import TOY_DATASETS as DATASET_NAMES
 
-POTENTIAL_NAMES = ("U1", "U2", "U3", "U4")
-DATASET_NAMES = (
-    "8gaussians",
-    "pinwheel",
-    "2spirals",
-    "checkerboard",
-    "moons",
-    "circles",
-    "swissroll",
-)
+from .base import TrainConfig, require
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ import argparse
 import dataclasses
 import functools
 import json
-import shutil
+import re
 import sys
 from pathlib import Path
 
@@ -300,6 +300,7 @@ def run_grid(argv) -> list:
     parser.add_argument("--root", default="runs/cnf")
     parser.add_argument("--data", default="", help="comma-separated subset of the targets")
     parser.add_argument("--runs", default="", help="comma-separated subset of the run names")
+    parser.add_argument("--seed", type=int, default=0, help="seed (folders of seed s > 0: _s<s>)")
     args, extra = parser.parse_known_args(argv)
     names = POTENTIAL_NAMES if args.task == "density" else MLE_DATA
     grid = DENSITY_GRID if args.task == "density" else MLE_GRID
@@ -310,13 +311,14 @@ def run_grid(argv) -> list:
         for name, overrides in grid:
             if name not in runs:
                 continue
-            out = Path(args.root) / args.task / d / name
+            out = Path(args.root) / args.task / d / (name + (f"_s{args.seed}" if args.seed else ""))
             if (out / "metrics.json").exists():
                 print(f"skip {out} (metrics.json exists)")
                 continue
             flags = [f"--{k.replace('_', '-')}={v}" for k, v in overrides.items()]
             # The run's own settings come last: they win over the shared flags.
-            argv_run = ["--task", args.task, "--data", d, *extra, *flags, "--out", str(out)]
+            argv_run = ["--task", args.task, "--data", d, "--seed", str(args.seed), *extra, *flags]
+            argv_run += ["--out", str(out)]
             print("run", " ".join(argv_run), flush=True)
             metrics = common.main(CNFConfig, SMOKE, build, finish, argv_run)
             print(f"  {out}: {metrics.get('final_eval')}", flush=True)
@@ -345,7 +347,8 @@ def collect(root: Path) -> list[dict]:
             dict(
                 task=cfg["task"],
                 data=cfg["data"],
-                run=run.name,
+                run=re.sub(r"_s\d+$", "", run.name),  # the grid's name; seeds > 0 add _s<seed>
+                seed=cfg["seed"],
                 model=label(cfg) + (f", {cfg['steps']} steps" if "_10k" in run.name else ""),
                 steps=m["steps"],
                 **m["final_eval"],
@@ -368,52 +371,70 @@ def _cell(row, key, se_key=None):
     return f"{row[key]:.3f}"
 
 
+def _table(title, rows, runs, cols, key, se_key=None, cost=True, extra="") -> str:
+    """A markdown table: one row per run, one column per target/dataset, ``key`` in the cells."""
+    by = {(r["data"], r["run"]): r for r in rows}
+    model = {r["run"]: r["model"] for r in rows}
+    head = ["Model", *cols] + (["NFE fwd / bwd", "s / iter"] if cost else [])
+    lines = [f"{title}\n\n", "| " + " | ".join(head) + " |\n", "|---" * len(head) + "|\n"]
+    for n in runs:
+        cells = [_cell(by.get((c, n)), key, se_key) for c in cols]
+        if cost:
+            cells.append(_cost([by[(c, n)] for c in cols if (c, n) in by]))
+        lines.append(f"| {model[n]} | " + " | ".join(cells) + " |\n")
+    return "".join(lines) + extra + "\n"
+
+
+def seed_table(rows: list[dict], task: str, key: str, names) -> str:
+    """Every seed's ``key`` for the runs that have more than one seed: "seed 0 / seed 1 / ..."."""
+    sub = [r for r in rows if r["task"] == task]
+    multi = sorted({r["run"] for r in sub if r["seed"] != 0})
+    if not multi:
+        return ""
+    cols = [d for d in names if any(r["data"] == d for r in sub)]
+    seeds = sorted({r["seed"] for r in sub if r["run"] in multi})
+    by = {(r["data"], r["run"], r["seed"]): r for r in sub}
+    model = {r["run"]: r["model"] for r in sub}
+    lines = [f"{key} for seeds {' / '.join(map(str, seeds))}\n\n"]
+    lines += ["| Model | " + " | ".join(cols) + " |\n", "|---" * (len(cols) + 1) + "|\n"]
+    for n in multi:
+        cells = [" / ".join(_cell(by.get((d, n, sd)), key) for sd in seeds) for d in cols]
+        lines.append(f"| {model[n]} | " + " | ".join(cells) + " |\n")
+    return "".join(lines) + "\n"
+
+
 def markdown_tables(rows: list[dict]) -> str:
-    """Density matching: KL per target and model; MLE: test NLL, gap, NFE, time per iter."""
-    lines = []
-    dens = [r for r in rows if r["task"] == "density"]
-    if dens:
-        runs = [n for n, _ in DENSITY_GRID if any(r["run"] == n for r in dens)]
-        targets = [t for t in POTENTIAL_NAMES if any(r["data"] == t for r in dens)]
-        by = {(r["data"], r["run"]): r for r in dens}
-        model = {r["run"]: r["model"] for r in dens}
-        lines.append(
-            "KL(q||p) (= E_q[log q + U] + log Z, nats, 8192 fresh samples; lower is better)\n\n"
-        )
-        lines.append("| Model | " + " | ".join(targets) + " | NFE fwd / bwd | s / iter |\n")
-        lines.append("|---|" + "---|" * (len(targets) + 2) + "\n")
-        for n in runs:
-            cells = [_cell(by.get((t, n)), "kl") for t in targets]
-            rs = [by[(t, n)] for t in targets if (t, n) in by]
-            lines.append(f"| {model[n]} | " + " | ".join(cells) + f" | {_cost(rs)} |\n")
-        lines.append("\n")
-    mle = [r for r in rows if r["task"] == "mle"]
-    if mle:
-        runs = [n for n, _ in MLE_GRID if any(r["run"] == n for r in mle)]
-        datas = [d for d in DATASET_NAMES if any(r["data"] == d for r in mle)]
-        by = {(r["data"], r["run"]): r for r in mle}
-        model = {r["run"]: r["model"] for r in mle}
-        lines.append("Test NLL (nats, 8192 fresh samples, exact trace; lower is better)\n\n")
-        lines.append("| Model | " + " | ".join(datas) + " | NFE fwd / bwd | s / iter |\n")
-        lines.append("|---|" + "---|" * (len(datas) + 2) + "\n")
-        for n in runs:
-            cells = [_cell(by.get((d, n)), "test_nll", "test_nll_se") for d in datas]
-            rs = [by[(d, n)] for d in datas if (d, n) in by]
-            lines.append(f"| {model[n]} | " + " | ".join(cells) + f" | {_cost(rs)} |\n")
-        known = [d for d in datas if any("entropy" in r for r in mle if r["data"] == d)]
+    """Density matching: KL per target and model; MLE: test NLL, gap, NFE, time per iter.
+
+    The main tables show seed 0; runs with more seeds get a table of every seed's value.
+    """
+    spread = seed_table(rows, "density", "kl", POTENTIAL_NAMES)
+    spread += seed_table(rows, "mle", "test_nll", DATASET_NAMES)
+    rows = [r for r in rows if r["seed"] == 0]
+    out = []
+    for task, grid, names in (
+        ("density", DENSITY_GRID, POTENTIAL_NAMES),
+        ("mle", MLE_GRID, DATASET_NAMES),
+    ):
+        sub = [r for r in rows if r["task"] == task]
+        runs = [n for n, _ in grid if any(r["run"] == n for r in sub)]
+        cols = [d for d in names if any(r["data"] == d for r in sub)]
+        if not sub:
+            continue
+        if task == "density":
+            title = "KL(q||p) = E_q[log q + U] + log Z (nats, 8192 fresh samples; lower is better)"
+            out.append(_table(title, sub, runs, cols, "kl"))
+            continue
+        ent = {r["data"]: r for r in sub if "entropy" in r}
+        cells = [_cell(ent.get(d), "entropy", "entropy_se") for d in cols]
+        extra = "| true entropy (best reachable) | " + " | ".join(cells) + " | | |\n" if ent else ""
+        title = "Test NLL (nats, 8192 fresh samples, exact trace; lower is better)"
+        out.append(_table(title, sub, runs, cols, "test_nll", "test_nll_se", extra=extra))
+        known = [d for d in cols if d in ent]
         if known:
-            ent = {r["data"]: r for r in mle if "entropy" in r}
-            cells = [
-                _cell(ent.get(d), "entropy", "entropy_se") if d in known else "–" for d in datas
-            ]
-            lines.append("| true entropy (best reachable) | " + " | ".join(cells) + " | | |\n")
-            lines.append("\nGap to the true entropy (test NLL - entropy, nats)\n\n")
-            lines.append("| Model | " + " | ".join(known) + " |\n")
-            lines.append("|---|" + "---|" * len(known) + "\n")
-            for n in runs:
-                cells = [_cell(by.get((d, n)), "gap") for d in known]
-                lines.append(f"| {model[n]} | " + " | ".join(cells) + " |\n")
-    return "".join(lines)
+            title = "Gap to the true entropy (test NLL - entropy, nats)"
+            out.append(_table(title, sub, runs, known, "gap", cost=False))
+    return "".join(out) + spread
 
 
 def _cost(rows) -> str:
@@ -468,6 +489,7 @@ def write_table(root, out) -> str:
     report.write_csv(out / "metrics.csv", rows)
     table = markdown_tables(rows)
     (out / "table.md").write_text(table)
+    rows = [r for r in rows if r["seed"] == 0]  # the figures show seed 0
     plot_grid(
         out / "density_matching.png",
         rows,
@@ -476,14 +498,38 @@ def write_table(root, out) -> str:
         list(POTENTIAL_NAMES),
     )
     plot_grid(out / "mle.png", rows, "mle", [n for n, _ in MLE_GRID], list(MLE_DATA))
-    for r in rows:  # the CNF transports and the per-run training curves
-        run = Path(r["path"])
-        for fig in ("transport", "training_curve"):
-            if (run / f"{fig}.png").exists():
-                shutil.copy(
-                    run / f"{fig}.png", out / f"{fig}_{r['task']}_{r['data']}_{r['run']}.png"
-                )
+    plot_transports(out / "transport_density.png", rows, "density", "cnf_planar32")
+    plot_transports(out / "transport_mle.png", rows, "mle", "cnf_mlp_hutch")
+    configs = {r["path"]: json.loads((Path(r["path"]) / "config.json").read_text()) for r in rows}
+    report.write_json(out / "configs.json", configs)
     return table
+
+
+def plot_transports(path, rows: list[dict], task: str, run: str) -> bool:
+    """One row per target: run ``run``'s base samples carried to the data over time."""
+    import matplotlib.pyplot as plt
+
+    chosen = [r for r in rows if r["task"] == task and r["run"] == run]
+    if not chosen:
+        return False
+    arrays = [np.load(Path(r["path"]) / "density.npz") for r in chosen]
+    n_t = len(arrays[0]["transport_ts"])
+    fig, axes = plt.subplots(len(chosen), n_t, figsize=(1.9 * n_t, 1.9 * len(chosen) + 0.4))
+    axes = np.atleast_2d(axes)
+    for i, (row, arr) in enumerate(zip(chosen, arrays)):
+        xs, lim = arr["transport"], float(np.abs(arr["grid"]).max())
+        colour = np.arctan2(xs[0, :, 1], xs[0, :, 0])  # colour by the base sample's angle
+        for j, (x, t) in enumerate(zip(xs, arr["transport_ts"])):
+            ax = axes[i, j]
+            ax.scatter(x[:, 0], x[:, 1], s=0.5, c=colour, cmap="hsv")
+            ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal", xticks=[], yticks=[])
+            if i == 0:
+                ax.set_title(f"t = {t:.2f}", fontsize=8)
+            if j == 0:
+                ax.set_ylabel(row["data"])
+    fig.suptitle(f"{chosen[0]['model']}: N(0, I) samples (t = t1) carried to the data (t = 0)")
+    report.save_figure(fig, path)
+    return True
 
 
 def main(argv=None):
