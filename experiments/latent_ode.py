@@ -4,7 +4,8 @@ Three models train on the same batches of the same spirals, each seeing ``n_obs`
 per spiral drawn without replacement from the first ``n_grid`` grid times: the latent ODE
 (ELBO), an RNN, and an RNN that also reads the time gap (both Gaussian likelihoods). Each is
 scored by the RMSE of its prediction at the ``n_extrap`` grid times after the window, against
-the noise-free and the noisy trajectory, on held-out spirals (and on training spirals).
+the noise-free and the noisy trajectory, on held-out spirals (and on training spirals, also
+on those whose targets run past the part of the trajectory that training windows cover).
 
     python -m experiments.latent_ode --n-obs 30 --out runs/latent_ode/n30   # --help: all flags
     python -m experiments.latent_ode table runs/latent_ode/n{30,50,100} --out results/latent_ode
@@ -184,12 +185,17 @@ def build(cfg: LatentODEConfig) -> common.Task:
                 aux[f"{name}_nll_per_point"] = nll
         return total, aux
 
-    head = train.head(num_eval_train)
+    # Training sequences scored too: the first num_test, and (beyond_) those whose targets
+    # run past the end of the trajectory, i.e. past what any training window shows.
+    head = slice(num_eval_train)
+    beyond = np.flatnonzero(train.start > cfg.n_total - cfg.n_grid - cfg.n_extrap)
+    beyond = beyond[: cfg.num_test]
+    splits = [(test, test_idx, "test_"), (train.take(head), train_idx[head], "train_")]
+    if beyond.size:
+        splits.append((train.take(beyond), train_idx[beyond], "beyond_"))
 
     def evaluate(models: Models) -> dict:
-        return scores(models, cfg, test, test_idx, "test_") | scores(
-            models, cfg, head, train_idx[:num_eval_train], "train_"
-        )
+        return {k: v for split in splits for k, v in scores(models, cfg, *split).items()}
 
     curve = ("test_latent_ode_clean",) + (
         ("test_rnn_clean", "test_rnn_gap_clean") if cfg.baselines else ()
@@ -222,9 +228,9 @@ def plot_data(path, cfg, train, train_idx, test, test_idx):
         label = None if i else "covered by training windows"
         ax.plot(*path_[: cfg.n_total].T, color="0.8", lw=4, label=label)
         ax.plot(*path_[cfg.n_total - 1 :].T, color="0.6", lw=1, ls="--")
-    x, _ = observed(train.head(1), train_idx[:1])
+    x, _ = observed(train.take(slice(1)), train_idx[:1])
     ax.plot(*x[0].T, "k.", ms=4, label="a training sequence")
-    x, _ = observed(test.head(1), test_idx[:1])
+    x, _ = observed(test.take(slice(1)), test_idx[:1])
     ax.plot(*x[0].T, "C0.", ms=4, label="a test sequence")
     ax.plot(*test.clean[0, n:].T, "C3-", lw=2, label="its extrapolation targets")
     ax.set(aspect="equal", xticks=[], yticks=[])

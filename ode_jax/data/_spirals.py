@@ -45,14 +45,14 @@ class Spirals:
     start: np.ndarray
     n_grid: int
 
-    def head(self, k: int) -> Spirals:
-        """The first ``k`` sequences."""
+    def take(self, rows) -> Spirals:
+        """The sequences ``rows`` (a slice, an index array or a boolean mask)."""
         return dataclasses.replace(
             self,
-            clean=self.clean[:k],
-            noisy=self.noisy[:k],
-            clockwise=self.clockwise[:k],
-            start=self.start[:k],
+            clean=self.clean[rows],
+            noisy=self.noisy[rows],
+            clockwise=self.clockwise[rows],
+            start=self.start[rows],
         )
 
 
