@@ -310,6 +310,14 @@ def write_table(run_dirs, out) -> str:
             if all(key in r for r in rows):
                 vals = " | ".join(f"{r[key]:.4f}" for r in rows)
                 lines.append(f"| {LABELS[name]} (ours, vs {kind}) | {vals} |\n")
+    extra = {  # diagnostics of the latent ODE, against the noise-free path
+        "test_latent_ode_interp_clean": "inside the observed window (test)",
+        "beyond_latent_ode_clean": "targets past the covered trajectory (training seqs)",
+    }
+    for key, what in extra.items():
+        if all(key in r for r in rows):
+            vals = " | ".join(f"{r[key]:.4f}" for r in rows)
+            lines.append(f"| Latent ODE (ours): {what} | {vals} |\n")
     table = "".join(lines)
     (out / "table.md").write_text(table)
     return table
