@@ -182,3 +182,23 @@ def test_latent_ode_smoke(tmp_path):
     table = latent_ode.main(["table", str(out), "--out", str(tmp_path / "results")])
     assert "Latent ODE (paper)" in table and "n = 8" in table
     assert (tmp_path / "results" / "metrics.csv").exists()
+
+
+def test_scores_compare_the_points_after_the_window(monkeypatch):
+    """Extrapolation RMSE: predictions at the n_extrap grid points after the window against
+    the clean and the noisy path there (per coordinate), nothing from inside the window."""
+    cfg = LatentODEConfig(**latent_ode.SMOKE)
+    _, (test, idx) = latent_ode.datasets(cfg)
+    n, clean = cfg.n_grid, test.clean
+    window_wrong = clean.copy()
+    window_wrong[:, :n] += 5.0  # only the window is off: no effect on the extrapolation score
+    fake = {"latent_ode": window_wrong, "rnn": clean[:, n:], "rnn_gap": clean[:, n:] + 1.0}
+    monkeypatch.setattr(latent_ode, "_predict_jit", lambda *args: fake)
+    s = latent_ode.scores(None, cfg, test, idx, "t_")
+    assert s["t_latent_ode_clean"] == s["t_rnn_clean"] == 0.0
+    np.testing.assert_allclose(s["t_rnn_gap_clean"], 1.0, rtol=1e-6)
+    noise = test.noisy[:, n:] - clean[:, n:]
+    np.testing.assert_allclose(s["t_rnn_noisy"], np.sqrt(np.mean(noise**2)), rtol=1e-5)
+    np.testing.assert_allclose(s["t_latent_ode_interp_clean"], 5.0, rtol=1e-6)
+    fake["rnn"] = clean[:, n - 1 : -1]  # one grid step early: scored as wrong
+    assert latent_ode.scores(None, cfg, test, idx, "t_")["t_rnn_clean"] > 0.01
