@@ -220,7 +220,7 @@ def plot_data(path, cfg, train, train_idx, test, test_idx):
     observations and one test sequence's window and extrapolation targets."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.4))
     n = cfg.n_grid
     # Two noise-free sequences from index 0: the long trajectories (one per direction).
     kw = dict(spiral_kwargs(cfg), n_grid=cfg.n_total, start_max=0, noise_std=0.0)
@@ -234,7 +234,7 @@ def plot_data(path, cfg, train, train_idx, test, test_idx):
     ax.plot(*x[0].T, "C0.", ms=4, label="a test sequence")
     ax.plot(*test.clean[0, n:].T, "C3-", lw=2, label="its extrapolation targets")
     ax.set(aspect="equal", xticks=[], yticks=[])
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4)
     fig.suptitle("spiral data: two long trajectories, sequences are stretches of them")
     report.save_figure(fig, path)
 
