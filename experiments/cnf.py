@@ -388,7 +388,8 @@ def _table(title, rows, runs, cols, key, se_key=None, cost=True, extra="") -> st
 def seed_table(rows: list[dict], task: str, key: str, names) -> str:
     """Every seed's ``key`` for the runs that have more than one seed: "seed 0 / seed 1 / ..."."""
     sub = [r for r in rows if r["task"] == task]
-    multi = sorted({r["run"] for r in sub if r["seed"] != 0})
+    grid = DENSITY_GRID if task == "density" else MLE_GRID
+    multi = [n for n, _ in grid if any(r["run"] == n and r["seed"] != 0 for r in sub)]
     if not multi:
         return ""
     cols = [d for d in names if any(r["data"] == d for r in sub)]
@@ -470,10 +471,11 @@ def plot_grid(path, rows: list[dict], task: str, names: list, datas: list):
             lim = float(np.abs(arrays["grid"]).max())
             dens = arrays["target"] if n is None else np.exp(arrays["log_q"])
             _show(ax, dens, lim, "")
-            if i == 0:
-                ax.set_title("target" if n is None else row["model"], fontsize=7)
             if j == 0:
                 ax.set_ylabel(d)
+    model = {r["run"]: r["model"] for r in by.values()}
+    for ax, n in zip(axes[0], [None, *names]):  # titled even where the first row has no run
+        ax.set_title("target" if n is None else model[n], fontsize=7)
     report.save_figure(fig, path)
     return True
 
@@ -509,7 +511,9 @@ def plot_transports(path, rows: list[dict], task: str, run: str) -> bool:
     """One row per target: run ``run``'s base samples carried to the data over time."""
     import matplotlib.pyplot as plt
 
-    chosen = [r for r in rows if r["task"] == task and r["run"] == run]
+    order = list(POTENTIAL_NAMES) + list(MLE_DATA)
+    chosen = [r for r in rows if r["task"] == task and r["run"] == run and r["data"] in order]
+    chosen.sort(key=lambda r: order.index(r["data"]))
     if not chosen:
         return False
     arrays = [np.load(Path(r["path"]) / "density.npz") for r in chosen]
