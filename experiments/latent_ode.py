@@ -326,11 +326,7 @@ def write_table(run_dirs, out) -> str:
 def main(argv=None) -> dict | str:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
-        rest = argv[1:]
-        out = rest[rest.index("--out") + 1] if "--out" in rest else "results/latent_ode"
-        runs = [
-            a for i, a in enumerate(rest) if a != "--out" and (i == 0 or rest[i - 1] != "--out")
-        ]
+        runs, out = common.cli.runs_and_out(argv[1:], "results/latent_ode")
         table = write_table(runs, out)
         print(table)
         return table

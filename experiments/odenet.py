@@ -9,12 +9,15 @@ pool, linear. The validation split (from the training files) selects the model; 
 read once, at the end.
 
     python -m experiments.odenet --model odenet --out runs/odenet   # --help lists every flag
+    python -m experiments.odenet table runs/odenet/{odenet,resnet,rknet} --out results/odenet
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import optax
 
 from configs.odenet import SMOKE, ODENetConfig
 from experiments import common
+from experiments.common import report
 from experiments.common.loop import make_optimizer
 from ode_jax.data import load_idx_dataset
 from ode_jax.nn import ConcatConv2d, GroupNorm, ODEBlock
@@ -368,7 +372,81 @@ def finish(cfg: ODENetConfig, task: common.Task, result: common.TrainResult, out
     return metrics
 
 
-def main(argv=None) -> dict:
+# --- the table of finished runs ------------------------------------------------------------
+
+# Chen et al. (2018), Table 1: MNIST test error and parameters.
+PAPER = {"resnet": (0.0041, 0.60e6), "rknet": (0.0047, 0.22e6), "odenet": (0.0042, 0.22e6)}
+LABELS = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
+RUN_FILES = ("config.json", "metrics.json", "history.csv", "evals.csv", "training_curve.png")
+
+
+def _read_rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path) as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_table(run_dirs, out) -> str:
+    """Collect finished runs into ``out``: per-model files, metrics.json, table.md, curves.png."""
+    out = Path(out)
+    runs = []
+    for d in map(Path, run_dirs):
+        if not (d / "metrics.json").exists():
+            raise SystemExit(f"error: {d} has no metrics.json (not a finished odenet run)")
+        metrics = json.loads((d / "metrics.json").read_text())
+        runs.append((metrics["model"], metrics, _read_rows(d / "evals.csv"), d))
+        (out / metrics["model"]).mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            shutil.copy(d / name, out / metrics["model"] / name)
+    runs.sort(key=lambda r: list(PAPER).index(r[0]))
+    report.write_json(out / "metrics.json", {m: metrics for m, metrics, _, _ in runs})
+    lines = [
+        "| model | test error | val error | params | NFE fwd / bwd per step | "
+        "step peak MiB | step s | epoch s | steps |\n",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    ]
+    for m, met, _, _ in runs:
+        step = met.get("train_step", {})
+        nfe = f"{met['nfe_fwd_per_step']:.1f} / {met['nfe_bwd_per_step']:.1f}"
+        lines.append(
+            f"| {LABELS[m]} (ours, Fashion-MNIST) | {100 * met['test_error']:.2f}% | "
+            f"{100 * met['val_error']:.2f}% | {met['params']:,} | {nfe} | "
+            f"{step.get('peak_mib', float('nan')):.0f} | {step.get('step_seconds', float('nan')):.2f}"
+            f" | {met['epoch_seconds']:.0f} | {met['steps']} |\n"
+        )
+    for m, (err, params) in PAPER.items():
+        lines.append(
+            f"| {LABELS[m]} (paper, MNIST) | {100 * err:.2f}% | | {params / 1e6:.2f}M | | | | | |\n"
+        )
+    table = "".join(lines)
+    (out / "table.md").write_text(table)
+    _plot_curves(out / "curves.png", runs)
+    return table
+
+
+def _plot_curves(path, runs):
+    fig, (ax_loss, ax_err) = report.plt.subplots(1, 2, figsize=(10, 4))
+    for m, _, evals, d in runs:
+        hist = _read_rows(d / "history.csv")
+        ax_loss.plot([r["step"] for r in hist], [r["loss"] for r in hist], label=LABELS[m])
+        ax_err.plot(
+            [r["step"] for r in evals], [100 * r["val_error"] for r in evals], "o-", label=LABELS[m]
+        )
+    ax_loss.set(xlabel="step", ylabel="training loss (logged means)", yscale="log")
+    ax_err.set(xlabel="step", ylabel="validation error (%)")
+    for ax in (ax_loss, ax_err):
+        ax.legend()
+    report.save_figure(fig, path)
+
+
+def main(argv=None) -> dict | str:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["table"]:
+        runs, out = common.cli.runs_and_out(argv[1:], "results/odenet")
+        table = write_table(runs, out)
+        print(table)
+        return table
     return common.main(ODENetConfig, SMOKE, build, finish, argv)
 
 

@@ -73,6 +73,16 @@ def test_resnet_smoke_with_step_measurement(tmp_path):
     step = metrics["train_step"]
     assert step["params"] == metrics["params"] and step["peak_mib"] > 0 and step["step_seconds"] > 0
 
+    out = tmp_path / "results"
+    table = odenet.main(["table", str(tmp_path / "run"), "--out", str(out)])
+    row = next(line for line in table.splitlines() if line.startswith("| ResNet (ours"))
+    assert f"{100 * metrics['test_error']:.2f}%" in row and f"{metrics['params']:,}" in row
+    assert "| ResNet (paper, MNIST) | 0.41% |" in table
+    assert {p.name for p in (out / "resnet").iterdir()} == set(odenet.RUN_FILES)
+    assert (out / "curves.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no metrics.json"):
+        odenet.main(["table", str(tmp_path / "data"), "--out", str(out)])
+
 
 def test_bad_config_and_missing_data(tmp_path, capsys):
     with pytest.raises(SystemExit):

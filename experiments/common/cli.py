@@ -47,3 +47,18 @@ def config_from_dict(cls, data: dict):
 def write_config(cfg, path):
     with open(path, "w") as f:
         json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
+
+
+def runs_and_out(args: Sequence[str], default_out: str) -> tuple[list[str], str]:
+    """``RUN... [--out DIR]`` (a ``table`` subcommand's arguments) -> (run folders, out)."""
+    args = list(args)
+    out = default_out
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            raise SystemExit("error: --out needs a folder")
+        out = args[i + 1]
+        del args[i : i + 2]
+    if not args:
+        raise SystemExit("error: give at least one run folder")
+    return args, out
