@@ -409,11 +409,11 @@ def write_table(run_dirs, out) -> str:
     for m, met, _, _ in runs:
         step = met.get("train_step", {})
         nfe = f"{met['nfe_fwd_per_step']:.1f} / {met['nfe_bwd_per_step']:.1f}"
+        peak, seconds = step.get("peak_mib", math.nan), step.get("step_seconds", math.nan)
         lines.append(
             f"| {LABELS[m]} (ours, Fashion-MNIST) | {100 * met['test_error']:.2f}% | "
-            f"{100 * met['val_error']:.2f}% | {met['params']:,} | {nfe} | "
-            f"{step.get('peak_mib', float('nan')):.0f} | {step.get('step_seconds', float('nan')):.2f}"
-            f" | {met['epoch_seconds']:.0f} | {met['steps']} |\n"
+            f"{100 * met['val_error']:.2f}% | {met['params']:,} | {nfe} | {peak:.0f} | "
+            f"{seconds:.2f} | {met['epoch_seconds']:.0f} | {met['steps']} |\n"
         )
     for m, (err, params) in PAPER.items():
         lines.append(
