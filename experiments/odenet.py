@@ -10,6 +10,7 @@ read once, at the end.
 
     python -m experiments.odenet --model odenet --out runs/odenet   # --help lists every flag
     python -m experiments.odenet table runs/odenet/{odenet,resnet,rknet} --out results/odenet
+    python -m experiments.odenet profile --out results/odenet/step_profile.json  # step cost
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from configs.odenet import SMOKE, ODENetConfig
+from configs.odenet import MODELS, SMOKE, ODENetConfig
 from experiments import common
 from experiments.common import report
 from experiments.common.loop import make_optimizer
@@ -440,8 +441,38 @@ def _plot_curves(path, runs):
     report.save_figure(fig, path)
 
 
-def main(argv=None) -> dict | str:
+def profile_models(argv) -> list[dict]:
+    """``profile [--out FILE] [config flags]``: :func:`profile_step` of every model, one process.
+
+    Measures the three models back to back at the same settings (so on the same machine state),
+    prints a table and writes the rows as JSON to ``--out`` when given.
+    """
+    argv = list(argv)
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        out = argv[i + 1]
+        del argv[i : i + 2]
+    rows = []
+    for model in MODELS:
+        cfg = common.parse_config(ODENetConfig, SMOKE, argv + ["--model", model])
+        rows.append(dict(model=model, batch_size=cfg.batch_size, **profile_step(cfg)))
+        r = rows[-1]
+        print(
+            f"{LABELS[model]:8s} params {r['params']:>8,}  NFE {r['nfe_fwd']:>3} / "
+            f"{r['nfe_bwd']:>3}  peak {r.get('peak_mib', math.nan):6.1f} MiB  "
+            f"step {r['step_seconds']:.3f} s  compile {r['compile_seconds']:.1f} s",
+            flush=True,
+        )
+    if out is not None:
+        report.write_json(out, rows)
+    return rows
+
+
+def main(argv=None) -> dict | str | list:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["profile"]:
+        return profile_models(argv[1:])
     if argv[:1] == ["table"]:
         runs, out = common.cli.runs_and_out(argv[1:], "results/odenet")
         table = write_table(runs, out)

@@ -90,3 +90,15 @@ def test_bad_config_and_missing_data(tmp_path, capsys):
     assert "lr_boundaries=(0.5, 0.2)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="apt-get"):
         odenet.main(["--smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
+
+
+@pytest.mark.slow  # compiles three training steps (~30 s)
+def test_profile_every_model(tmp_path):
+    out = tmp_path / "profile.json"
+    rows = odenet.main(["profile", "--smoke", "--out", str(out)])
+    assert [r["model"] for r in rows] == list(odenet.MODELS)
+    assert json.loads(out.read_text()) == rows
+    by = {r["model"]: r for r in rows}
+    assert by["resnet"]["nfe_fwd"] == 0 and by["odenet"]["nfe_fwd"] > 0
+    assert by["odenet"]["params"] == by["rknet"]["params"] < by["resnet"]["params"]
+    assert by["rknet"]["nfe_bwd"] > by["odenet"]["nfe_fwd"]  # backprop through every stage
