@@ -434,6 +434,12 @@ def _plot_curves(path, runs):
         ax_err.plot(
             [r["step"] for r in evals], [100 * r["val_error"] for r in evals], "o-", label=LABELS[m]
         )
+    cfg = json.loads((runs[0][3] / "config.json").read_text())
+    if cfg["lr_schedule"] == "step":  # where the learning rate drops (the first run's schedule)
+        for i, b in enumerate(cfg["lr_boundaries"]):
+            x = round(b * cfg["steps"])
+            label = f"lr x {cfg['lr_decay']:g}" if i == 0 else None
+            ax_loss.axvline(x, color="gray", ls=":", lw=1, label=label)
     ax_loss.set(xlabel="step", ylabel="training loss (logged means)", yscale="log")
     ax_err.set(xlabel="step", ylabel="validation error (%)")
     for ax in (ax_loss, ax_err):
