@@ -54,6 +54,18 @@ def test_gradients_match_finite_differences(adjoint, ts):
     np.testing.assert_allclose(g_p["a"], fd_a, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(g_p["b"], fd_b, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(g_ts, fd_ts, rtol=1e-6, atol=1e-7)
+    pairs = dict(y0=(g_y0, fd_y0), a=(g_p["a"], fd_a), b=(g_p["b"], fd_b), ts=(g_ts, fd_ts))
+    print(f"\n{adjoint} vs FD, error / max|grad|:", _relative_errors(pairs))
+
+
+def _relative_errors(pairs: dict) -> str:
+    """'name err, ...' with err = max |got - ref| / max |ref| (printed under pytest -s)."""
+
+    def err(got, ref):
+        got, ref = np.ravel(got), np.ravel(ref)
+        return float(np.max(np.abs(got - ref)) / np.max(np.abs(ref)))
+
+    return ", ".join(f"{k} {err(*v):.1e}" for k, v in pairs.items())
 
 
 def _mlp_problem():
@@ -93,6 +105,9 @@ def test_gradients_match_diffrax_for_equinox_mlp(adjoint):
     np.testing.assert_allclose(got_y, ref_y, rtol=1e-6, atol=1e-9)
     for g, r in zip(jax.tree.leaves(got_m), jax.tree.leaves(ref_m)):
         np.testing.assert_allclose(g, r, rtol=1e-6, atol=1e-9)
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+    pairs = dict(y0=(got_y, ref_y), params=(flat(got_m), flat(ref_m)))
+    print(f"\n{adjoint} vs diffrax, error / max|grad|:", _relative_errors(pairs))
 
 
 def test_closed_over_parameters_get_gradients_under_jit():
