@@ -410,6 +410,7 @@ def write_table(run_dirs, out) -> str:
     for m, met, _, _ in runs:
         step = met.get("train_step", {})
         nfe = f"{met['nfe_fwd_per_step']:.1f} / {met['nfe_bwd_per_step']:.1f}"
+        nfe = "–" if m == "resnet" else nfe
         peak, seconds = step.get("peak_mib", math.nan), step.get("step_seconds", math.nan)
         lines.append(
             f"| {LABELS[m]} (ours, Fashion-MNIST) | {100 * met['test_error']:.2f}% | "
