@@ -130,3 +130,22 @@ def test_stage_loop_matches_unrolled(name):
     assert int(sol.stats["nfe"]) == int(ref.stats["nfe"])
     for got, want in zip(jax.tree.leaves(sol.ys), jax.tree.leaves(ref.ys)):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["dopri5", "bosh3", "rk4"])
+def test_two_point_solve_matches_the_end_of_a_dense_one(name):
+    # Two output times take a path without dense output; the steps, and so the end value and
+    # the statistics, are the same as when other outputs lie in between.
+    def f(t, y, a):
+        return jnp.stack([y[1], -a * jnp.sin(y[0])])
+
+    y0, kw = jnp.array([1.0, 0.0]), dict(solver=name, rtol=1e-6, atol=1e-8)
+    if name == "rk4":
+        kw["dt0"] = 0.5  # fixed steps land on every output: use outputs on the step grid
+    two = ode_jax.odeint(f, y0, jnp.array([0.0, 3.0]), 2.0, **kw)
+    many = ode_jax.odeint(f, y0, jnp.array([0.0, 1.0, 2.0, 3.0]), 2.0, **kw)
+    np.testing.assert_array_equal(two.ys[-1], many.ys[-1])
+    for k in ("nfe", "num_steps", "num_accepted"):
+        assert int(two.stats[k]) == int(many.stats[k]), k
+    short = ode_jax.odeint(f, y0, jnp.array([0.0, 3.0]), 2.0, max_steps=2, throw=False, **kw)
+    assert np.all(np.isnan(short.ys[-1])) and int(short.result) != 0
