@@ -11,7 +11,6 @@ history). Reads an ``experiments.odenet`` run folder; writes CSV and PNG files t
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -98,8 +97,7 @@ def sweep(model, x, labels, cfg: NFEStudyConfig) -> list[dict]:
 
 
 def read_history(run: Path) -> list[dict]:
-    with open(run / "history.csv") as f:
-        return [{k: float(v) for k, v in r.items() if v != ""} for r in csv.DictReader(f)]
+    return report.read_csv(run / "history.csv")
 
 
 def plot(path, rows: list[dict], history: list[dict], steps_per_epoch: float):

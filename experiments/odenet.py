@@ -381,13 +381,6 @@ LABELS = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "evals.csv", "training_curve.png")
 
 
-def _read_rows(path: Path) -> list[dict]:
-    import csv
-
-    with open(path) as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def write_table(run_dirs, out) -> str:
     """Collect finished runs into ``out``: per-model files, metrics.json, table.md, curves.png."""
     out = Path(out)
@@ -396,18 +389,18 @@ def write_table(run_dirs, out) -> str:
         if not (d / "metrics.json").exists():
             raise SystemExit(f"error: {d} has no metrics.json (not a finished odenet run)")
         metrics = json.loads((d / "metrics.json").read_text())
-        runs.append((metrics["model"], metrics, _read_rows(d / "evals.csv"), d))
+        runs.append((metrics["model"], metrics, d))
         (out / metrics["model"]).mkdir(parents=True, exist_ok=True)
         for name in RUN_FILES:
             shutil.copy(d / name, out / metrics["model"] / name)
     runs.sort(key=lambda r: list(PAPER).index(r[0]))
-    report.write_json(out / "metrics.json", {m: metrics for m, metrics, _, _ in runs})
+    report.write_json(out / "metrics.json", {m: metrics for m, metrics, _ in runs})
     lines = [
         "| model | test error | val error | params | NFE fwd / bwd per step | "
         "step peak MiB | step s | epoch s | steps |\n",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     ]
-    for m, met, _, _ in runs:
+    for m, met, _ in runs:
         step = met.get("train_step", {})
         nfe = f"{met['nfe_fwd_per_step']:.1f} / {met['nfe_bwd_per_step']:.1f}"
         nfe = "–" if m == "resnet" else nfe
@@ -429,13 +422,13 @@ def write_table(run_dirs, out) -> str:
 
 def _plot_curves(path, runs):
     fig, (ax_loss, ax_err) = report.plt.subplots(1, 2, figsize=(10, 4))
-    for m, _, evals, d in runs:
-        hist = _read_rows(d / "history.csv")
+    for m, _, d in runs:
+        hist, evals = report.read_csv(d / "history.csv"), report.read_csv(d / "evals.csv")
         ax_loss.plot([r["step"] for r in hist], [r["loss"] for r in hist], label=LABELS[m])
         ax_err.plot(
             [r["step"] for r in evals], [100 * r["val_error"] for r in evals], "o-", label=LABELS[m]
         )
-    cfg = json.loads((runs[0][3] / "config.json").read_text())
+    cfg = json.loads((runs[0][2] / "config.json").read_text())
     if cfg["lr_schedule"] == "step":  # where the learning rate drops (the first run's schedule)
         for i, b in enumerate(cfg["lr_boundaries"]):
             x = round(b * cfg["steps"])
@@ -455,11 +448,7 @@ def profile_models(argv) -> list[dict]:
     prints a table and writes the rows as JSON to ``--out`` when given.
     """
     argv = list(argv)
-    out = None
-    if "--out" in argv:
-        i = argv.index("--out")
-        out = argv[i + 1]
-        del argv[i : i + 2]
+    out = common.cli.pop_option(argv, "--out")
     rows = []
     for model in MODELS:
         cfg = common.parse_config(ODENetConfig, SMOKE, argv + ["--model", model])

@@ -49,16 +49,22 @@ def write_config(cfg, path):
         json.dump(config_to_dict(cfg), f, indent=2, sort_keys=True)
 
 
+def pop_option(args: list[str], flag: str, default=None):
+    """Remove ``flag VALUE`` from ``args`` (in place) and return VALUE, or ``default``."""
+    if flag not in args:
+        return default
+    i = args.index(flag)
+    if i + 1 >= len(args):
+        raise SystemExit(f"error: {flag} needs a value")
+    value = args[i + 1]
+    del args[i : i + 2]
+    return value
+
+
 def runs_and_out(args: Sequence[str], default_out: str) -> tuple[list[str], str]:
     """``RUN... [--out DIR]`` (a ``table`` subcommand's arguments) -> (run folders, out)."""
     args = list(args)
-    out = default_out
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            raise SystemExit("error: --out needs a folder")
-        out = args[i + 1]
-        del args[i : i + 2]
+    out = pop_option(args, "--out", default_out)
     if not args:
         raise SystemExit("error: give at least one run folder")
     return args, out

@@ -25,6 +25,12 @@ def write_csv(path, rows: list[dict]):
         writer.writerows(rows)
 
 
+def read_csv(path) -> list[dict]:
+    """Rows written by :func:`write_csv` back as dicts of floats (empty cells left out)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
 def plot_training_curve(path, history: list[dict], evals: list[dict], eval_keys=()):
     """Loss (and any ``eval_keys`` of the evaluations) against step, log scale."""
     fig, ax = plt.subplots(figsize=(6, 4))
