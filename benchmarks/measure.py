@@ -4,7 +4,9 @@ Conventions (stated in the report too):
 
 * Times are medians over interleaved rounds (every method's forward and gradient once per round)
   after a warm-up call; JAX calls end in ``jax.block_until_ready``.
-* Compile time: ``jax.jit(fn).lower(params).compile()`` wall time (trace + lower + XLA compile).
+* Compile time: ``jax.jit(fn).lower(params).compile()`` wall time (trace + lower + XLA compile),
+  the median over ``--compiles`` interleaved compilations of fresh copies of each function
+  (one compile alone varies by 10-30% on a shared machine, and the first in a process is slower).
 * NFE: vector-field executions counted by a host callback in a separately compiled copy (the timed
   code has no callback). Forward = the forward solve; backward = gradient run minus forward, where
   each backward execution is usually part of a VJP. torch: the module's own counter.
@@ -72,6 +74,15 @@ class Runner:
     nfe_bwd: float = float("nan")
     rss_grad_mb: float = float("nan")
     times: dict = dataclasses.field(default_factory=lambda: {"fwd": [], "grad": []})
+    recompile: Callable | None = None  # () -> (fwd seconds, grad seconds) of a fresh compile
+    compile_times: dict = dataclasses.field(default_factory=lambda: {"fwd": [], "grad": []})
+
+    def add_compile(self, fwd_s: float, grad_s: float):
+        """Record one more compilation; the reported compile times are the medians."""
+        self.compile_times["fwd"].append(fwd_s)
+        self.compile_times["grad"].append(grad_s)
+        self.compile_fwd_s = float(np.median(self.compile_times["fwd"]))
+        self.compile_grad_s = float(np.median(self.compile_times["grad"]))
 
 
 def _aot(fn, *args):
@@ -93,16 +104,24 @@ def jax_runner(name: str, problem, count_nfe: bool = True) -> Runner:
 
     fwd_c, cf, tf = _aot(solve, params)
     grad_c, cg, tg = _aot(jax.grad(loss), params)
+
+    def recompile():
+        # Fresh function objects, so jit's caches miss and XLA compiles again.
+        return (
+            _aot(lambda p: solve(p), params)[1],
+            _aot(jax.grad(lambda p: problem.loss(solve(p))), params)[1],
+        )
+
     r = Runner(
         name,
         "jax",
         fwd=lambda: jax.block_until_ready(fwd_c(params)),
         grad=lambda: jax.block_until_ready(grad_c(params)),
-        compile_fwd_s=cf,
-        compile_grad_s=cg,
         temp_fwd_mb=tf,
         temp_grad_mb=tg,
+        recompile=recompile,
     )
+    r.add_compile(cf, cg)
     if count_nfe:
         counter = [0]
         solve_c = build(problem, counting(problem.vf, counter))

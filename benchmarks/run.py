@@ -46,7 +46,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
     p.add_argument(
-        "--budget", type=float, default=45.0, help="seconds of timing per case (caps repeats)"
+        "--budget", type=float, default=90.0, help="seconds of timing per case (caps repeats)"
+    )
+    p.add_argument(
+        "--compiles",
+        type=int,
+        default=None,
+        help="interleaved compilations per JAX method, median reported (default 3; --quick: 1)",
     )
     p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds, 8 s per case")
     p.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
@@ -56,11 +62,20 @@ def parse_args(argv=None):
     if args.quick:
         args.repeats = min(args.repeats, 3)
         args.budget = min(args.budget, 8.0)
+    if args.compiles is None:
+        args.compiles = 1 if args.quick else 3
+    if args.repeats < 1 or args.compiles < 1:
+        p.error("--repeats and --compiles must be >= 1")
     return args
 
 
 def _median_ms(xs):
     return 1e3 * float(np.median(xs)) if xs else float("nan")
+
+
+def _rotated(runners, i):
+    """The runners starting at the i-th, so that no method always runs after the same one."""
+    return runners[i % len(runners) :] + runners[: i % len(runners)]
 
 
 def run_case(problem, methods, args, log):
@@ -75,6 +90,11 @@ def run_case(problem, methods, args, log):
             runners.append(jax_runner(name, problem, count_nfe=not args.no_nfe))
         else:
             runners.append(torch_runner(name, problem))
+    for i in range(1, args.compiles):
+        log(f"  compile round {i + 1} of {args.compiles} ...")
+        for r in _rotated(runners, i):
+            if r.recompile is not None:
+                r.add_compile(*r.recompile())
     for r in runners:  # warm-up
         t0 = time.perf_counter()
         r.fwd()
@@ -84,8 +104,7 @@ def run_case(problem, methods, args, log):
     repeats = int(max(3, min(args.repeats, args.budget // max(round_s, 1e-9))))
     log(f"  timing {repeats} interleaved rounds (~{round_s:.2f} s each) ...")
     for i in range(repeats):
-        # Rotate the order so that no method always runs right after the same neighbour.
-        for r in runners[i % len(runners) :] + runners[: i % len(runners)]:
+        for r in _rotated(runners, i):
             for kind in ("fwd", "grad"):
                 t0 = time.perf_counter()
                 getattr(r, kind)()
@@ -244,7 +263,8 @@ def main(argv=None):
         )
         text = (
             f"### {problem.title}\n\n{table(rows)}\n\n"
-            f"Medians of {repeats} interleaved rounds; one vector-field evaluation ({unit_lines}); "
+            f"Medians of {repeats} interleaved rounds (compile: {args.compiles}); "
+            f"one vector-field evaluation ({unit_lines}); "
             + (f"torch threads: {torch_threads}; " if torch_threads else "")
             + f"case took {time.perf_counter() - t0:.0f} s.\n"
         )

@@ -28,6 +28,9 @@ class TrainConfig:
     lr_boundaries: tuple[float, ...] = ()  # step schedule: fractions of `steps`, increasing
     lr_decay: float = 0.1  # step schedule: factor applied at each boundary
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: no clipping)
+    # L2 penalty on weight matrices and conv kernels (arrays with >= 2 dims, not biases or norm
+    # scales): added to the gradient for SGD (PyTorch's weight_decay), decoupled (AdamW) for Adam
+    weight_decay: float = 0.0
     log_every: int = 10  # steps between training-curve rows (mean over the interval)
     eval_every: int = 100  # steps between evaluations (and at the last step)
     checkpoint_every: int = 100  # steps between checkpoints (and at the last step)
@@ -60,6 +63,7 @@ class TrainConfig:
             "must be given for lr_schedule='step'",
         )
         require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables clipping)")
+        require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0 (0: none)")
         require(self, "num_devices", self.num_devices >= 0, "must be >= 0 (0: all devices)")
         require(self, "out", bool(self.out), "must be a folder name")
 

@@ -17,6 +17,8 @@ def test_benchmark_quick_runs(tmp_path):
             "ode_jax-discrete,jax.experimental.ode",
             "--repeats",
             "1",
+            "--compiles",
+            "2",
             "--no-nfe",
             "--out",
             str(out),
@@ -24,3 +26,4 @@ def test_benchmark_quick_runs(tmp_path):
     )
     assert out.read_text() == report
     assert "| ode_jax-discrete |" in report and "| jax.experimental.ode |" in report
+    assert "(compile: 2)" in report

@@ -65,6 +65,7 @@ def _optimizer_settings(cfg) -> tuple:
         tuple(cfg.lr_boundaries) if cfg.lr_schedule == "step" else (),
         cfg.lr_decay if cfg.lr_schedule == "step" else 1.0,
         cfg.grad_clip,
+        cfg.weight_decay,
     )
 
 
@@ -83,17 +84,27 @@ def make_schedule(lr, schedule, steps, boundaries=(), decay=1.0):
 
 @functools.lru_cache(maxsize=16)
 def make_optimizer(
-    name, momentum, lr, schedule, steps, boundaries, decay, grad_clip
+    name, momentum, lr, schedule, steps, boundaries, decay, grad_clip, weight_decay=0.0
 ) -> optax.GradientTransformation:
-    """Adam or SGD with momentum, a learning-rate schedule and optional gradient clipping."""
+    """Adam or SGD with momentum, a learning-rate schedule, optional gradient clipping and weight
+    decay on the arrays with two or more dimensions (TrainConfig.weight_decay)."""
     lr = make_schedule(lr, schedule, steps, boundaries, decay)
     if name == "adam":
-        opt = optax.adam(lr)
+        opt = optax.adam(lr)  # no decay: adam's state, which older checkpoints hold
+        if weight_decay:
+            opt = optax.adamw(lr, weight_decay=weight_decay, mask=_decay_mask)
     elif name == "sgd":
         opt = optax.sgd(lr, momentum=momentum or None)
+        if weight_decay:  # L2 added to the gradient before momentum, as torch.optim.SGD
+            opt = optax.chain(optax.add_decayed_weights(weight_decay, mask=_decay_mask), opt)
     else:
         raise ValueError(f"unknown optimizer {name!r}")
     return optax.chain(optax.clip_by_global_norm(grad_clip), opt) if grad_clip else opt
+
+
+def _decay_mask(params):
+    """True for weight matrices and conv kernels; False for biases and normalisation scales."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 @functools.lru_cache(maxsize=16)  # a resumed or repeated run in one process compiles once
