@@ -25,6 +25,28 @@ from ode_jax.nn import MLPField
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# --- optimiser ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sgd", "adam"])
+def test_weight_decay_only_on_kernels(name):
+    """With zero gradients the update is -lr * wd * w on matrices and zero on biases."""
+    from experiments.common.loop import make_optimizer
+
+    model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0))
+    params = eqx.filter(model, eqx.is_inexact_array)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    lr, wd = 0.1, 0.5
+    opt = make_optimizer(name, 0.9, lr, "constant", 0, (), 1.0, 0.0, wd)
+    updates, _ = opt.update(zeros, opt.init(params), params)
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
+        expected = -lr * wd * p if p.ndim >= 2 else jnp.zeros_like(p)
+        np.testing.assert_allclose(u, expected, rtol=1e-6, atol=1e-12)
+    plain = make_optimizer(name, 0.9, lr, "constant", 0, (), 1.0, 0.0, 0.0)
+    updates, _ = plain.update(zeros, plain.init(params), params)
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
+
+
 # --- config parsing ------------------------------------------------------------------------
 
 
@@ -69,6 +91,8 @@ def test_bad_values_in_code():
         SpiralConfig(adjoint="backprop")
     with pytest.raises(ValueError, match="unknown SpiralConfig keys"):
         config_from_dict(SpiralConfig, {"stepz": 3})
+    with pytest.raises(ValueError, match="weight_decay"):
+        SpiralConfig(weight_decay=-1e-4)
     cfg = SpiralConfig(steps=11)
     assert config_from_dict(SpiralConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
 
