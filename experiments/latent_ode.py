@@ -279,24 +279,73 @@ PAPER = {  # Table 2 of Chen et al. 2018: predictive RMSE, n = 30 / 50 / 100
 }
 
 
+# Config fields that must agree between runs merged into one column of the table: the data,
+# the observed points and the training budget (the model sizes may differ).
+SHARED_FIELDS = (
+    "num_train", "num_test", "data_seed", "n_grid", "n_extrap", "n_total", "test_covered", "dt",
+    "spiral_a", "spiral_b", "theta_min", "spiral_offset", "noise_std", "n_obs", "seed", "steps",
+    "batch_size", "lr", "lr_schedule", "cell", "rnn_hidden",
+)  # fmt: skip
+
+
+def _owner(key: str) -> str | None:
+    """The model a final_eval key scores: '<split>_<model>_<kind>' -> model."""
+    rest = key.split("_", 1)[1] if "_" in key else ""
+    for name in sorted(MODELS, key=len, reverse=True):  # "rnn_gap" before "rnn"
+        if rest.startswith(name + "_"):
+            return name
+    return None
+
+
+def merge_runs(runs: list[tuple[Path, dict, dict]]) -> dict:
+    """One table row from runs with the same n: each model's scores from the last run that
+    trained it (a later run replaces an earlier one's model). Raises a ValueError when the
+    runs differ in data or training budget (SHARED_FIELDS)."""
+    first_dir, first_cfg, _ = runs[0]
+    row, sources = {}, {}
+    for d, cfg, metrics in runs:
+        for field in SHARED_FIELDS:
+            if cfg.get(field) != first_cfg.get(field):
+                raise ValueError(
+                    f"runs {first_dir} and {d} (both n = {cfg['n_obs']}) differ in {field}: "
+                    f"{first_cfg.get(field)!r} vs {cfg.get(field)!r}; only runs with the same "
+                    "data and training budget can share a column"
+                )
+        trained = {_owner(k) for k in metrics["final_eval"]} - {None}
+        for key in [k for k in row if _owner(k) in trained]:
+            del row[key]
+        row.update({k: v for k, v in metrics["final_eval"].items() if _owner(k) in trained})
+        sources.update({name: str(d) for name in trained})
+    return dict(n_obs=first_cfg["n_obs"], steps=runs[-1][2]["steps"], sources=sources, **row)
+
+
 def write_table(run_dirs, out) -> str:
-    """Collect finished runs (one per n) into ``out``: metrics.json/csv, table.md, figures."""
+    """Collect finished runs into ``out``: metrics.json/csv, table.md, figures.
+
+    One column per n. Several runs may give the same n (e.g. the RNN baselines from one run
+    and a latent ODE from another); see :func:`merge_runs`. Figures come from the last run
+    given for each n.
+    """
     import json
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    by_n: dict[int, list] = {}
     for d in map(Path, run_dirs):
         metrics = json.loads((d / "metrics.json").read_text())
         cfg = json.loads((d / "config.json").read_text())
-        n = cfg["n_obs"]
-        rows.append(dict(n_obs=n, steps=metrics["steps"], **metrics["final_eval"]))
-        shutil.copy(d / "config.json", out / f"config_n{n}.json")
+        by_n.setdefault(cfg["n_obs"], []).append((d, cfg, metrics))
+    rows = []
+    for n, runs in by_n.items():
+        rows.append(merge_runs(runs))
+        last = runs[-1][0]
+        shutil.copy(last / "config.json", out / f"config_n{n}.json")
         for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
-            shutil.copy(d / f"{fig}.png", out / f"{fig}_n{n}.png")
+            shutil.copy(last / f"{fig}.png", out / f"{fig}_n{n}.png")
     rows.sort(key=lambda r: r["n_obs"])
     report.write_json(out / "metrics.json", rows)
-    report.write_csv(out / "metrics.csv", rows)
+    flat = [{k: v for k, v in r.items() if k != "sources"} for r in rows]
+    report.write_csv(out / "metrics.csv", flat)
     ns = [r["n_obs"] for r in rows]
     head = "| Model | " + " | ".join(f"n = {n}" for n in ns) + " |\n"
     head += "|---|" + "---|" * len(ns) + "\n"
@@ -318,6 +367,11 @@ def write_table(run_dirs, out) -> str:
         if all(key in r for r in rows):
             vals = " | ".join(f"{r[key]:.4f}" for r in rows)
             lines.append(f"| Latent ODE (ours): {what} | {vals} |\n")
+    if any(len(set(r["sources"].values())) > 1 for r in rows):
+        lines.append("\nScores merged from several runs (same data and training budget):\n")
+        for r in rows:
+            for name, src in r["sources"].items():
+                lines.append(f"- n = {r['n_obs']}: {LABELS[name]} from `{src}`\n")
     table = "".join(lines)
     (out / "table.md").write_text(table)
     return table

@@ -13,6 +13,7 @@ from jax.scipy.stats import norm
 import ode_jax
 from configs.latent_ode import LatentODEConfig
 from experiments import latent_ode
+from experiments.common.cli import config_to_dict
 from ode_jax.data import make_spirals, observation_mask, sample_observation_indices
 from ode_jax.nn import (
     LatentODE,
@@ -182,6 +183,36 @@ def test_latent_ode_smoke(tmp_path):
     table = latent_ode.main(["table", str(out), "--out", str(tmp_path / "results")])
     assert "Latent ODE (paper)" in table and "n = 8" in table
     assert (tmp_path / "results" / "metrics.csv").exists()
+
+
+def test_table_merges_runs_with_the_same_data(tmp_path):
+    """Two runs at one n: the baselines from the first, the latent ODE from the second (which
+    replaces the first's); runs with other data are refused, naming the field."""
+    cfg = config_to_dict(LatentODEConfig(n_obs=30))
+
+    def fake_run(name, final, **changes):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({**cfg, **changes}))
+        (d / "metrics.json").write_text(json.dumps({"steps": 5, "final_eval": final}))
+        for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
+            (d / f"{fig}.png").write_bytes(name.encode())
+        return str(d)
+
+    both = {"test_latent_ode_clean": 0.5, "test_rnn_clean": 0.3, "test_rnn_gap_clean": 0.2}
+    first = fake_run("first", both)
+    second = fake_run("second", {"test_latent_ode_clean": 0.1}, field_width=64, baselines=False)
+    out = tmp_path / "results"
+    table = latent_ode.main(["table", first, second, "--out", str(out)])
+    row = json.loads((out / "metrics.json").read_text())[0]
+    assert row["test_latent_ode_clean"] == 0.1 and row["test_rnn_clean"] == 0.3
+    assert row["test_rnn_gap_clean"] == 0.2
+    assert row["sources"] == {"latent_ode": second, "rnn": first, "rnn_gap": first}
+    assert f"Latent ODE from `{second}`" in table and f"RNN from `{first}`" in table
+    assert (out / "extrapolations_n30.png").read_bytes() == b"second"
+    other = fake_run("other", {"test_latent_ode_clean": 0.1}, noise_std=0.3)
+    with pytest.raises(ValueError, match="noise_std"):
+        latent_ode.main(["table", first, other, "--out", str(out)])
 
 
 def test_scores_compare_the_points_after_the_window(monkeypatch):
