@@ -312,10 +312,10 @@ def merge_runs(runs: list[tuple[Path, dict, dict]]) -> dict:
                     "data and training budget can share a column"
                 )
         trained = {_owner(k) for k in metrics["final_eval"]} - {None}
-        for key in [k for k in row if _owner(k) in trained]:
+        for key in [k for k in row if _owner(k) in trained]:  # a later run replaces the model
             del row[key]
         row.update({k: v for k, v in metrics["final_eval"].items() if _owner(k) in trained})
-        sources.update({name: str(d) for name in trained})
+        sources.update({name: str(d) for name in MODELS if name in trained})
     return dict(n_obs=first_cfg["n_obs"], steps=runs[-1][2]["steps"], sources=sources, **row)
 
 
@@ -324,7 +324,7 @@ def write_table(run_dirs, out) -> str:
 
     One column per n. Several runs may give the same n (e.g. the RNN baselines from one run
     and a latent ODE from another); see :func:`merge_runs`. Figures come from the last run
-    given for each n.
+    given for each n, plus ``extrapolations_rnn_run_n*.png`` from the baselines' run.
     """
     import json
 
@@ -339,6 +339,9 @@ def write_table(run_dirs, out) -> str:
     for n, runs in by_n.items():
         rows.append(merge_runs(runs))
         last = runs[-1][0]
+        rnn_src = Path(rows[-1]["sources"].get("rnn", last))
+        if rnn_src != last:  # the baselines' own extrapolation figure (it draws the RNNs)
+            shutil.copy(rnn_src / "extrapolations.png", out / f"extrapolations_rnn_run_n{n}.png")
         shutil.copy(last / "config.json", out / f"config_n{n}.json")
         for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
             shutil.copy(last / f"{fig}.png", out / f"{fig}_n{n}.png")

@@ -201,7 +201,7 @@ def test_table_merges_runs_with_the_same_data(tmp_path):
 
     both = {"test_latent_ode_clean": 0.5, "test_rnn_clean": 0.3, "test_rnn_gap_clean": 0.2}
     first = fake_run("first", both)
-    second = fake_run("second", {"test_latent_ode_clean": 0.1}, field_width=64, baselines=False)
+    second = fake_run("second", {"test_latent_ode_clean": 0.1}, field_width=9, baselines=False)
     out = tmp_path / "results"
     table = latent_ode.main(["table", first, second, "--out", str(out)])
     row = json.loads((out / "metrics.json").read_text())[0]
@@ -210,6 +210,7 @@ def test_table_merges_runs_with_the_same_data(tmp_path):
     assert row["sources"] == {"latent_ode": second, "rnn": first, "rnn_gap": first}
     assert f"Latent ODE from `{second}`" in table and f"RNN from `{first}`" in table
     assert (out / "extrapolations_n30.png").read_bytes() == b"second"
+    assert (out / "extrapolations_rnn_run_n30.png").read_bytes() == b"first"
     other = fake_run("other", {"test_latent_ode_clean": 0.1}, noise_std=0.3)
     with pytest.raises(ValueError, match="noise_std"):
         latent_ode.main(["table", first, other, "--out", str(out)])
