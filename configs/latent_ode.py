@@ -49,7 +49,7 @@ class LatentODEConfig(TrainConfig):
     rnn_hidden: int = 25  # recognition RNN and both baselines
     # The dynamics MLP is larger than the paper's (1 hidden layer of 20): 2 layers of 64 cut
     # the extrapolation RMSE at n = 30 / 50 / 100 from 0.148 / 0.111 / 0.113 to the README's
-    # figures, and only with it does the latent ODE beat the GRUs at n = 100 (PROVENANCE.md).
+    # figures and brings it level with the GRUs at n = 100 (two seeds; PROVENANCE.md).
     field_width: int = 64  # hidden units per layer of the latent dynamics MLP (paper: 20)
     decoder_width: int = 20  # hidden units of the decoder MLP (one hidden layer)
     field_depth: int = 2  # hidden layers of the dynamics MLP (paper: 1; torchdiffeq: 2)
