@@ -284,7 +284,8 @@ PAPER = {  # Table 2 of Chen et al. 2018: predictive RMSE, n = 30 / 50 / 100
 SHARED_FIELDS = (
     "num_train", "num_test", "data_seed", "n_grid", "n_extrap", "n_total", "test_covered", "dt",
     "spiral_a", "spiral_b", "theta_min", "spiral_offset", "noise_std", "n_obs", "seed", "steps",
-    "batch_size", "lr", "lr_schedule", "cell", "rnn_hidden",
+    "batch_size", "optimizer", "lr", "lr_schedule", "grad_clip", "weight_decay", "cell",
+    "rnn_hidden",
 )  # fmt: skip
 
 
@@ -302,14 +303,19 @@ def merge_runs(runs: list[tuple[Path, dict, dict]]) -> dict:
     trained it (a later run replaces an earlier one's model). Raises a ValueError when the
     runs differ in data or training budget (SHARED_FIELDS)."""
     first_dir, first_cfg, _ = runs[0]
+    defaults = common.cli.config_to_dict(LatentODEConfig())  # for fields older runs lack
+
+    def value(cfg, field):
+        return cfg.get(field, defaults.get(field))
+
     row, sources = {}, {}
     for d, cfg, metrics in runs:
         for field in SHARED_FIELDS:
-            if cfg.get(field) != first_cfg.get(field):
+            if value(cfg, field) != value(first_cfg, field):
                 raise ValueError(
                     f"runs {first_dir} and {d} (both n = {cfg['n_obs']}) differ in {field}: "
-                    f"{first_cfg.get(field)!r} vs {cfg.get(field)!r}; only runs with the same "
-                    "data and training budget can share a column"
+                    f"{value(first_cfg, field)!r} vs {value(cfg, field)!r}; only runs with the "
+                    "same data and training budget can share a column"
                 )
         trained = {_owner(k) for k in metrics["final_eval"]} - {None}
         for key in [k for k in row if _owner(k) in trained]:  # a later run replaces the model

@@ -214,6 +214,9 @@ def test_table_merges_runs_with_the_same_data(tmp_path):
     other = fake_run("other", {"test_latent_ode_clean": 0.1}, noise_std=0.3)
     with pytest.raises(ValueError, match="noise_std"):
         latent_ode.main(["table", first, other, "--out", str(out)])
+    decayed = fake_run("decayed", {"test_latent_ode_clean": 0.1}, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="weight_decay"):
+        latent_ode.main(["table", first, decayed, "--out", str(out)])
 
 
 def test_scores_compare_the_points_after_the_window(monkeypatch):
