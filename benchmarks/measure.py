@@ -109,7 +109,7 @@ def jax_runner(name: str, problem, count_nfe: bool = True) -> Runner:
         # Fresh function objects, so jit's caches miss and XLA compiles again.
         return (
             _aot(lambda p: solve(p), params)[1],
-            _aot(jax.grad(lambda p: problem.loss(solve(p))), params)[1],
+            _aot(jax.grad(lambda p: loss(p)), params)[1],
         )
 
     r = Runner(

@@ -90,9 +90,12 @@ def make_optimizer(
     decay on the arrays with two or more dimensions (TrainConfig.weight_decay)."""
     lr = make_schedule(lr, schedule, steps, boundaries, decay)
     if name == "adam":
-        opt = optax.adam(lr)  # no decay: adam's state, which older checkpoints hold
-        if weight_decay:
-            opt = optax.adamw(lr, weight_decay=weight_decay, mask=_decay_mask)
+        # Without decay plain adam, whose state older checkpoints hold.
+        opt = (
+            optax.adamw(lr, weight_decay=weight_decay, mask=_decay_mask)
+            if weight_decay
+            else optax.adam(lr)
+        )
     elif name == "sgd":
         opt = optax.sgd(lr, momentum=momentum or None)
         if weight_decay:  # L2 added to the gradient before momentum, as torch.optim.SGD
