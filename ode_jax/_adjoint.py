@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ._control import PIDController, rms_norm
+from ._control import PIDController, propagates_nonfinite, rms_norm
 from ._loop import Recorder, integrate
 from ._solution import raise_if_failed
 from ._solvers import RungeKutta, combine, dense_weights, looped, stage_matrices
@@ -144,17 +144,19 @@ def solve_with_adjoint(f, y0, ts, args, tols, probe, config: AdjointConfig):
 
 
 def _augmented_packing(y, d):
-    """(pack, unpack) between the augmented state (y, a_y, a_params) and what the solver steps.
+    """(pack, unpack, parts) between the augmented state (y, a_y, a_params) and what the solver
+    steps; ``parts`` splits a state-shaped array into its three parts as cheaply as it can.
 
     When every leaf of y and the parameters shares one dtype, the state is one flat vector, as
     in jax.experimental.ode: each stage's linear combination, error norm and output write is
     then one operation instead of one per leaf, which makes the backward solve's program
-    several times smaller (and faster to compile) for a many-leaved model. Otherwise the state
-    stays the pytree (y, a_y, a_params).
+    several times smaller (and faster to compile) for a many-leaved model. ``parts`` then gives
+    three flat slices (the error norms reduce each in one pass, not one pass per parameter).
+    Otherwise the state stays the pytree (y, a_y, a_params).
     """
     leaves = jax.tree.leaves((y, d))
     if len({leaf.dtype for leaf in leaves}) != 1:
-        return (lambda *parts: parts), (lambda state: state)
+        return (lambda *parts: parts), (lambda state: state), (lambda state: state)
     _, unravel_y = ravel_pytree(y)
     _, unravel_d = ravel_pytree(d)
     n_y = sum(leaf.size for leaf in jax.tree.leaves(y))
@@ -163,10 +165,14 @@ def _augmented_packing(y, d):
     def pack(y_, a_y, a_d):
         return jnp.concatenate([ravel_pytree(x)[0].astype(dtype) for x in (y_, a_y, a_d)])
 
-    def unpack(state):
-        return unravel_y(state[:n_y]), unravel_y(state[n_y : 2 * n_y]), unravel_d(state[2 * n_y :])
+    def parts(state):
+        return state[:n_y], state[n_y : 2 * n_y], state[2 * n_y :]
 
-    return pack, unpack
+    def unpack(state):
+        p_y, p_a, p_d = parts(state)
+        return unravel_y(p_y), unravel_y(p_a), unravel_d(p_d)
+
+    return pack, unpack, parts
 
 
 def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
@@ -175,27 +181,32 @@ def _continuous_bwd(vf, config: AdjointConfig, res, g_ys):
     adj_rtol, adj_atol = tols[3], tols[4]
     y0 = _take(ys, 0)
 
-    pack, unpack = _augmented_packing(y0, d)
+    pack, unpack, parts = _augmented_packing(y0, d)
 
-    def aug(t, state, d_):
+    def backward_field(s, state, d_):
+        """The augmented system in the time s = -t: d/ds [y, a_y, a_p] = [-f, a_y df/dy,
+        a_y df/dp] (the paper's dynamics [f, -a df/dy, -a df/dp] with time reversed)."""
         y, a_y, _ = unpack(state)
-        fy, pull = jax.vjp(lambda y_, dd: vf(t, y_, dd), y, d_)
+        fy, pull = jax.vjp(lambda y_, dd: vf(-s, y_, dd), y, d_)
         gy, gd = pull(a_y)
-        return pack(fy, jax.tree.map(jnp.negative, gy), jax.tree.map(jnp.negative, gd))
+        out = pack(jax.tree.map(jnp.negative, fy), gy, gd)
+        return jax.tree.map(lambda o, x: o.astype(x.dtype), out, state)
 
     # As torchdiffeq: the max over the parts [y, a_y, a_params] of each part's RMS, so the many
     # parameter-adjoint entries neither dilute nor dominate the error of y and a_y. The seminorm
-    # drops a_params (Kidger et al. 2021), which can then only remove steps.
+    # drops a_params (Kidger et al. 2021), which can then only remove steps; it still carries
+    # their non-finiteness (0 * x is NaN exactly where x is not finite), so a blown-up parameter
+    # adjoint is rejected, not integrated silently.
+    @propagates_nonfinite
     def mixed_norm(err):
-        e_y, e_a, e_d = unpack(err)
+        e_y, e_a, e_d = parts(err)
         return jnp.maximum(jnp.maximum(rms_norm(e_y), rms_norm(e_a)), rms_norm(e_d))
 
+    @propagates_nonfinite
     def seminorm(err):
-        e_y, e_a, _ = unpack(err)
-        return jnp.maximum(rms_norm(e_y), rms_norm(e_a))
-
-    def backward_field(s, state, d_):
-        return jax.tree.map(lambda o, x: (-o).astype(x.dtype), aug(-s, state, d_), state)
+        e_y, e_a, e_d = parts(err)
+        blown_up = sum(jnp.real(jnp.sum(0 * x)) for x in jax.tree.leaves(e_d))
+        return jnp.maximum(rms_norm(e_y), rms_norm(e_a)) + blown_up
 
     # One copy of the augmented field (a VJP of f) in the program, not one per stage.
     method = looped(config.adjoint_method)

@@ -8,6 +8,18 @@ import jax
 import jax.numpy as jnp
 
 
+def propagates_nonfinite(norm):
+    """Mark ``norm`` as returning NaN or inf whenever any element of its input is non-finite.
+
+    :func:`scaled_error` makes every element of its input non-finite where the new state is,
+    so with such a norm a finite error alone proves the step finite, and the stepping loop
+    skips a separate pass over the state (one reduction less per step in the compiled loop).
+    """
+    norm.propagates_nonfinite = True
+    return norm
+
+
+@propagates_nonfinite
 def rms_norm(tree) -> jax.Array:
     """Root-mean-square over every element of every leaf of a pytree (complex: modulus)."""
     leaves = jax.tree.leaves(tree)
@@ -17,10 +29,14 @@ def rms_norm(tree) -> jax.Array:
 
 
 def scaled_error(y0, y1, y_err, rtol, atol, norm) -> jax.Array:
-    """norm(err / (atol + rtol * max(|y0|, |y1|))): a step is accepted when this is <= 1."""
+    """norm(err / (atol + rtol * max(|y0|, |y1|))): a step is accepted when this is <= 1.
+
+    Each element carries ``y1 - y1`` (zero, or NaN where y1 is not finite), so a non-finite
+    new state gives a NaN error under any norm marked :func:`propagates_nonfinite`.
+    """
 
     def scale(e, a, b):
-        return e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+        return (e + (b - b)) / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
 
     return norm(jax.tree.map(scale, y_err, y0, y1))
 

@@ -178,7 +178,10 @@ def integrate(
         if method.adaptive:
             err = scaled_error(s.y, y1, y_err, rtol, atol, norm).astype(tdtype)
             # An infinite y1 can come with a finite (even zero) scaled error: reject it too.
-            finite = jnp.isfinite(err) & _all_finite(y1)
+            # scaled_error makes the error NaN then, for norms that propagate it (ours do).
+            finite = jnp.isfinite(err)
+            if not getattr(norm, "propagates_nonfinite", False):
+                finite = finite & _all_finite(y1)
             accept = finite & (err <= 1.0)
             factor = controller.factor(err, s.prev_err, accept, method.order, s.rejected)
             dt_next = (dt * factor).astype(tdtype)

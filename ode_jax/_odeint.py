@@ -63,6 +63,13 @@ def _validate_y0(y0):
 
 
 def _validate_ts(ts):
+    """(ts as a float array, its values as numpy when known at trace time, else None).
+
+    Under jit, ``jnp.asarray`` of a numpy array is a tracer, so the values are read from the
+    argument itself: numpy arrays, lists and concrete jax arrays are checked here, once, and
+    decide the direction of integration statically; only traced ts are checked at run time.
+    """
+    given = ts
     ts = jnp.asarray(ts)
     if ts.ndim != 1 or ts.shape[0] < 1:
         raise ValueError(f"ts must be a 1-d array with at least one time, got shape {ts.shape}")
@@ -70,8 +77,9 @@ def _validate_ts(ts):
         if jnp.issubdtype(ts.dtype, jnp.complexfloating):
             raise TypeError("ts must be real, got a complex array")
         ts = ts.astype(jnp.result_type(float))
-    if _is_concrete(ts) and ts.shape[0] > 1:
-        t = np.asarray(ts)
+    traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(given))
+    t = None if traced else np.asarray(given).astype(ts.dtype)
+    if t is not None and t.shape[0] > 1:
         bad = np.flatnonzero(~np.isfinite(t))
         if bad.size:
             raise ValueError(f"ts must be finite, got ts[{bad[0]}]={t[bad[0]]}")
@@ -85,11 +93,11 @@ def _validate_ts(ts):
                 "ts must be strictly increasing or strictly decreasing; "
                 f"ts[{i}]={t[i]} follows ts[{i - 1}]={t[i - 1]}{start}"
             )
-    return ts
+    return ts, t
 
 
-def _check_ts_runtime(ts, tree):
-    if _is_concrete(ts) or ts.shape[0] < 2:
+def _check_ts_runtime(ts, ts_np, tree):
+    if ts_np is not None or ts.shape[0] < 2:
         return tree
     d = jnp.diff(ts)
     bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
@@ -191,7 +199,7 @@ def odeint(
     if not callable(f):
         raise TypeError(f"f must be callable f(t, y, args), got {type(f).__name__}")
     y0 = _validate_y0(y0)
-    ts = _validate_ts(ts)
+    ts, ts_np = _validate_ts(ts)
     method = get_solver(solver)
     adj_method = method if adjoint_solver is None else get_solver(adjoint_solver)
     if adjoint not in ADJOINTS:
@@ -222,9 +230,8 @@ def odeint(
     atol_a = jnp.asarray(atol, tdtype)
     dt0_a = None if dt0 is None else jnp.abs(jnp.asarray(dt0, tdtype))
     n = ts.shape[0]
-    if n > 1 and _is_concrete(ts):
-        t_np = np.asarray(ts)  # ts[-1] would be staged out under jit even for constants
-        direction = 1.0 if t_np[-1] > t_np[0] else -1.0
+    if n > 1 and ts_np is not None:
+        direction = 1.0 if ts_np[-1] > ts_np[0] else -1.0
     elif n > 1:
         direction = jnp.where(ts[-1] > ts[0], 1.0, -1.0).astype(tdtype)
     else:
@@ -234,6 +241,14 @@ def odeint(
         a, d = args_and_direction
         out = f(d * s, y, a)
         return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
+
+    def f_static(s, y, a):
+        # Concrete ts: the direction is a Python float, not an argument. As an argument it
+        # would be a parameter with an adjoint of its own (one more reduction per stage of
+        # every backward step, for a gradient nobody needs).
+        if direction == 1.0:
+            return jax.tree.map(lambda o, yl: o.astype(yl.dtype), f(s, y, a), y)
+        return jax.tree.map(lambda o, yl: (-o).astype(yl.dtype), f(-s, y, a), y)
 
     config = AdjointConfig(
         kind=adjoint,
@@ -258,13 +273,17 @@ def odeint(
     # Python floats in args are parameters: make them arrays so they are traced (and get
     # gradients) rather than baked into the compiled solve.
     args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args)
-    direction = jnp.asarray(direction, tdtype)
+    if isinstance(direction, float):
+        field, field_args = f_static, args
+    else:
+        direction = jnp.asarray(direction, tdtype)
+        field, field_args = f_forward, (args, direction)
     ys, stats, result, dt_next = solve_with_adjoint(
-        f_forward, y0, direction * ts, (args, direction), tols, probe, config
+        field, y0, direction * ts, field_args, tols, probe, config
     )
     for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
         ys = _runtime_positive(name, value, ys)
-    ys = _check_ts_runtime(ts, ys)
+    ys = _check_ts_runtime(ts, ts_np, ys)
     if throw:
         ys = raise_if_failed(ys, result)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, dt_next=dt_next)

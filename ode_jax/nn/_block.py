@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from .._odeint import odeint
 
@@ -70,7 +71,7 @@ class ODEBlock(eqx.Module):
 
     def solve(self, y0, probe=None):
         """Returns ``(y1, stats)``; ``stats`` as in :class:`ode_jax.Solution`."""
-        ts = jnp.asarray([self.t0, self.t1], jnp.result_type(y0))
+        ts = np.asarray([self.t0, self.t1], jnp.result_type(y0))  # numpy: known when traced
         sol = odeint(
             _call_field,
             y0,

@@ -25,6 +25,7 @@ from typing import Literal
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._odeint import odeint
 from ._linear import _apply
@@ -142,7 +143,7 @@ class ODERNNEncoder(eqx.Module):
             dynamics, gap = args
             return -gap * dynamics(s, h)
 
-        ts = jnp.array([0.0, 1.0], h.dtype)
+        ts = np.array([0.0, 1.0], h.dtype)  # numpy: known at trace time under jit
         return odeint(f, h, ts, (self.dynamics, gap), **dict(self.odeint_kwargs)).ys[-1]
 
     def __call__(self, x_ND, t_N, t0):

@@ -1,0 +1,123 @@
+"""Where compile time goes: trace, lower and XLA compile apart, and the compiled program's size.
+
+    python -m benchmarks.compile_probe --cases mlp,odenet --compiles 5
+
+For every method and case, compiles fresh copies of the forward and the gradient function
+(``jax.jit(fn).trace(params)``, ``.lower()``, ``.compile()``, each step timed), interleaving the
+methods round by round, and reports medians. Program size comes from the optimised HLO
+(``compiled.as_text()``): instructions, fusions, while loops, and the number of times the vector
+field's own work appears (its dot products, counted as ``dot``/``convolution`` instructions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+import warnings
+
+import jax
+import numpy as np
+
+from .methods import JAX_METHODS
+from .run import PROBLEMS
+
+STEPS = ("trace", "lower", "compile")
+
+
+def hlo_counts(text: str) -> dict:
+    """Counts of instructions in an optimised HLO module's text."""
+    lines = text.splitlines()
+    body = [ln.strip() for ln in lines if " = " in ln and not ln.startswith("HloModule")]
+    return {
+        "instructions": len(body),
+        "fusions": sum(1 for ln in body if re.search(r"\bfusion\(", ln)),
+        "whiles": sum(1 for ln in body if re.search(r"\bwhile\(", ln)),
+        "dots": sum(1 for ln in body if re.search(r"\b(dot|convolution)\(", ln)),
+        "computations": sum(1 for ln in text.splitlines() if ln.rstrip().endswith("{")),
+    }
+
+
+def compile_steps(fn, params) -> tuple[dict, dict]:
+    """Seconds of each of trace, lower and compile of a fresh jit of fn, and the HLO counts."""
+    out = {}
+    t0 = time.perf_counter()
+    traced = jax.jit(fn).trace(params)
+    out["trace"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    lowered = traced.lower()
+    out["lower"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    compiled = lowered.compile()
+    out["compile"] = time.perf_counter() - t0
+    return out, hlo_counts(compiled.as_text())
+
+
+def probe_case(problem, methods, compiles, log) -> list[dict]:
+    builds = {m: JAX_METHODS[m](problem, problem.vf) for m in methods}
+    times = {(m, kind): {s: [] for s in STEPS} for m in methods for kind in ("fwd", "grad")}
+    counts = {}
+    for r in range(compiles + 1):  # round 0 is a warm-up (first compiles in a process are slow)
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
+        for m in order:
+            solve = builds[m]
+            fns = {
+                "fwd": lambda p, solve=solve: solve(p),
+                "grad": jax.grad(lambda p, solve=solve: problem.loss(solve(p))),
+            }
+            for kind, fn in fns.items():
+                secs, counts[m, kind] = compile_steps(fn, problem.params)
+                if r:
+                    for s in STEPS:
+                        times[m, kind][s].append(secs[s])
+        log(f"  round {r} done")
+    rows = []
+    for (m, kind), t in times.items():
+        med = {s: float(np.median(v)) for s, v in t.items()}
+        total = sum(med.values())
+        rows.append({"method": m, "kind": kind, **med, "total": total, **counts[m, kind]})
+    return rows
+
+
+def table(rows) -> str:
+    cols = ["method", "kind", *STEPS, "total", "instructions", "fusions", "whiles", "dots"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in sorted(rows, key=lambda r: (r["kind"], r["method"])):
+        cells = [f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--cases", default="mlp,odenet", help=f"comma list of {sorted(PROBLEMS)}")
+    p.add_argument(
+        "--methods",
+        default="ode_jax-continuous,jax.experimental.ode",
+        help=f"comma list of {list(JAX_METHODS)}",
+    )
+    p.add_argument("--compiles", type=int, default=5, help="timed compilations per function")
+    p.add_argument("--quick", action="store_true", help="small problems (for tests)")
+    args = p.parse_args(argv)
+    methods = args.methods.split(",")
+    for m in methods:
+        if m not in JAX_METHODS:
+            sys.exit(f"unknown method {m!r}; choose from {list(JAX_METHODS)}")
+    out = []
+    for case in args.cases.split(","):
+        if case not in PROBLEMS:
+            sys.exit(f"unknown case {case!r}; choose from {sorted(PROBLEMS)}")
+        problem = PROBLEMS[case](quick=args.quick)
+        print(f"### {problem.title}", file=sys.stderr, flush=True)
+        rows = probe_case(problem, methods, args.compiles, lambda s: print(s, file=sys.stderr))
+        text = f"### {problem.title}\n\nSeconds: medians of {args.compiles} compilations.\n\n"
+        text += table(rows) + "\n"
+        print(text, flush=True)
+        out.append(text)
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
