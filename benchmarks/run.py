@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -46,6 +47,12 @@ def parse_args(argv=None):
     )
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
     p.add_argument(
+        "--sample-s",
+        type=float,
+        default=0.1,
+        help="each timed sample repeats a call back to back for at least this many seconds",
+    )
+    p.add_argument(
         "--budget", type=float, default=90.0, help="seconds of timing per case (caps repeats)"
     )
     p.add_argument(
@@ -62,10 +69,13 @@ def parse_args(argv=None):
     if args.quick:
         args.repeats = min(args.repeats, 3)
         args.budget = min(args.budget, 8.0)
+        args.sample_s = min(args.sample_s, 0.01)
     if args.compiles is None:
         args.compiles = 1 if args.quick else 3
     if args.repeats < 1 or args.compiles < 1:
         p.error("--repeats and --compiles must be >= 1")
+    if not args.sample_s >= 0:
+        p.error(f"--sample-s must be >= 0, got {args.sample_s}")
     return args
 
 
@@ -95,20 +105,28 @@ def run_case(problem, methods, args, log):
         for r in _rotated(runners, i):
             if r.recompile is not None:
                 r.add_compile(*r.recompile())
-    for r in runners:  # warm-up
-        t0 = time.perf_counter()
-        r.fwd()
-        r.grad()
-        r.warm_s = time.perf_counter() - t0
-    round_s = sum(r.warm_s for r in runners)
+    # Warm-up, which also sizes each sample: a sample times `calls` back-to-back calls (at least
+    # --sample-s seconds of work), so that a call of a few milliseconds is not timed alone right
+    # after another library has run (cold caches, other thread pools).
+    calls, round_s = {}, 0.0
+    for r in runners:
+        for kind in ("fwd", "grad"):
+            t0 = time.perf_counter()
+            getattr(r, kind)()
+            once = time.perf_counter() - t0
+            calls[r.name, kind] = max(1, math.ceil(args.sample_s / max(once, 1e-9)))
+            round_s += calls[r.name, kind] * once
     repeats = int(max(3, min(args.repeats, args.budget // max(round_s, 1e-9))))
     log(f"  timing {repeats} interleaved rounds (~{round_s:.2f} s each) ...")
     for i in range(repeats):
         for r in _rotated(runners, i):
             for kind in ("fwd", "grad"):
+                n = calls[r.name, kind]
+                fn = getattr(r, kind)
                 t0 = time.perf_counter()
-                getattr(r, kind)()
-                r.times[kind].append(time.perf_counter() - t0)
+                for _ in range(n):
+                    fn()
+                r.times[kind].append((time.perf_counter() - t0) / n)
     for r in runners:
         r.rss_grad_mb = rss_peak_delta_mb(r.grad)
     units = {"jax": jax_unit_costs(problem)}
@@ -263,7 +281,8 @@ def main(argv=None):
         )
         text = (
             f"### {problem.title}\n\n{table(rows)}\n\n"
-            f"Medians of {repeats} interleaved rounds (compile: {args.compiles}); "
+            f"Medians of {repeats} interleaved rounds, each sample >= {args.sample_s:g} s of "
+            f"back-to-back calls (compile: {args.compiles}); "
             f"one vector-field evaluation ({unit_lines}); "
             + (f"torch threads: {torch_threads}; " if torch_threads else "")
             + f"case took {time.perf_counter() - t0:.0f} s.\n"
