@@ -40,6 +40,7 @@ class _State(eqx.Module):
     y: Any
     dt: jax.Array
     f0: Any
+    have_f0: jax.Array  # f0 holds f(t, y) (False only before the first step of a lazy_f0 solve)
     prev_err: jax.Array
     index: jax.Array  # next output to write
     ys: Any
@@ -101,7 +102,13 @@ def integrate(
         return ys, stats, ok, recorder.init(y0, ts), dt_next
     nfe = 0
     f0 = None
-    if method.fsal or method.adaptive:
+    # A looped method that is given its first step size needs f(t0, y0) only inside its first
+    # step: evaluating it there (lazy_f0) keeps f out of the program outside the loop. Every
+    # backward solve of the continuous adjoint is such a solve.
+    lazy_f0 = method.stage_loop and method.stages > 2 and method.fsal and dt0 is not None
+    if lazy_f0:
+        f0 = jax.tree.map(jnp.zeros_like, y0)
+    elif method.fsal or method.adaptive:
         f0 = f(t0, y0, args)
         nfe += 1
     if method.adaptive:
@@ -114,12 +121,14 @@ def integrate(
         dt_init = jnp.asarray(dt0, tdtype)
     if not method.fsal:
         f0 = None  # non-FSAL methods evaluate their first stage inside each step
+    have_f0 = jnp.asarray(not lazy_f0)
 
     state = _State(
         t=t0,
         y=y0,
         dt=jnp.asarray(dt_init, tdtype),
         f0=f0,
+        have_f0=have_f0,
         prev_err=jnp.ones((), tdtype),
         index=jnp.asarray(1, i32),
         ys=ys,
@@ -172,8 +181,10 @@ def integrate(
         slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
         t1 = jnp.where(t1 >= target - slack, target, t1)
         dt = t1 - s.t
-        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0)
+        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0, s.have_f0 if lazy_f0 else None)
         nfe = s.nfe + method.evals_per_step
+        if lazy_f0:
+            nfe = nfe + (~s.have_f0).astype(i32)
 
         if method.adaptive:
             err = scaled_error(s.y, y1, y_err, rtol, atol, norm).astype(tdtype)
@@ -210,12 +221,14 @@ def integrate(
         index, ys, aux = write_outputs(s, accept, aux, t1, y1, ks, dt)
         t = jnp.where(accept, t1, s.t)
         y = _where(accept, y1, s.y)
-        f0 = _where(accept, ks[-1], s.f0) if method.fsal else None
+        # After a rejection the next step starts from the same (t, y), whose f is ks[0].
+        f0 = _where(accept, ks[-1], ks[0]) if method.fsal else None
         return _State(
             t=t,
             y=y,
             dt=dt_next,
             f0=f0,
+            have_f0=jnp.asarray(True),
             prev_err=prev_err,
             index=index,
             ys=ys,

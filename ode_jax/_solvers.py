@@ -266,21 +266,24 @@ def lincomb(y, scale, coeffs, ks):
     return jax.tree.map(leaf, y, *[k for _, k in terms])
 
 
-def rk_step(method: RungeKutta, f, t, y, dt, args, f0):
+def rk_step(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None):
     """One explicit RK step from (t, y) with step dt.
 
     Args:
         f0: f(t, y, args), used as the first stage (FSAL methods carry it between steps); if None
             it is evaluated here.
+        have_f0: for a method with ``stage_loop``, an optional traced bool: when False, ``f0``
+            is a placeholder and the first stage is evaluated inside the stage loop (so a solve
+            needs no copy of f outside its loop for it).
 
     Returns:
         (y1, y_err, ks): the new state, the error estimate (None for fixed-step methods) and the
         list of stage derivatives; for FSAL methods ``ks[-1] == f(t + dt, y1)``.
     """
+    if method.stage_loop and method.stages > 2:
+        return _rk_step_looped(method, f, t, y, dt, args, f0, have_f0)
     if f0 is None:
         f0 = f(t, y, args)
-    if method.stage_loop and method.stages > 2:
-        return _rk_step_looped(method, f, t, y, dt, args, f0)
     ks = [f0]
     y1 = None
     for i in range(1, method.stages):
@@ -312,8 +315,12 @@ def combine(w, stacked):
     return jax.tree.map(lambda k: jnp.tensordot(w.astype(k.dtype), k, axes=1), stacked)
 
 
-def _rk_step_looped(method: RungeKutta, f, t, y, dt, args, f0):
-    """:func:`rk_step` with stages 1.. in a ``fori_loop`` over a stacked (stages, ...) buffer."""
+def _rk_step_looped(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None):
+    """:func:`rk_step` with the stages in a ``fori_loop`` over a stacked (stages, ...) buffer.
+
+    The loop starts at stage 1 when f0 is known, else at stage 0 (whose input is y itself:
+    row 0 of the tableau is zero, and the buffer holds only finite zeros at that point).
+    """
     s = method.stages
     tdtype = jnp.result_type(t, dt)
     a_mat, _, c_vec = stage_matrices(method, tdtype)
@@ -323,8 +330,13 @@ def _rk_step_looped(method: RungeKutta, f, t, y, dt, args, f0):
         k = f(t + c_vec[i] * dt, yi, args)
         return jax.tree.map(lambda buf, v: buf.at[i].set(v.astype(buf.dtype)), ks, k)
 
-    ks = jax.tree.map(lambda k: jnp.zeros((s,) + k.shape, k.dtype).at[0].set(k), f0)
-    ks = jax.lax.fori_loop(1, s, body, ks)
+    if f0 is None:
+        ks = jax.tree.map(lambda x: jnp.zeros((s,) + x.shape, x.dtype), y)
+        start = 0
+    else:
+        ks = jax.tree.map(lambda k: jnp.zeros((s,) + k.shape, k.dtype).at[0].set(k), f0)
+        start = 1 if have_f0 is None else jnp.where(have_f0, 1, 0)
+    ks = jax.lax.fori_loop(start, s, body, ks)
     ks = [jax.tree.map(lambda k, i=i: k[i], ks) for i in range(s)]
     y1 = lincomb(y, dt, method.b, ks)
     y_err = None if method.b_err is None else lincomb(None, dt, method.b_err, ks)

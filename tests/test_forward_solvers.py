@@ -125,11 +125,18 @@ def test_stage_loop_matches_unrolled(name):
 
     y0 = {"a": jnp.ones(3), "b": jnp.zeros(3)}
     ts = jnp.linspace(0.0, 3.0, 7)
-    ref = ode_jax.odeint(f, y0, ts, 0.7, solver=method, rtol=1e-8, atol=1e-10)
-    sol = ode_jax.odeint(f, y0, ts, 0.7, solver=looped(method), rtol=1e-8, atol=1e-10)
-    assert int(sol.stats["nfe"]) == int(ref.stats["nfe"])
-    for got, want in zip(jax.tree.leaves(sol.ys), jax.tree.leaves(ref.ys)):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # With dt0 given, an FSAL looped method evaluates f(t0, y0) inside its first step (and a
+    # rejected step hands its first stage on): same steps, same values, same count.
+    for dt0 in (None, 0.05, 2.0):  # 2.0: the first step is rejected
+        kw = dict(rtol=1e-8, atol=1e-10, dt0=dt0)
+        ref = ode_jax.odeint(f, y0, ts, 0.7, solver=method, **kw)
+        sol = ode_jax.odeint(f, y0, ts, 0.7, solver=looped(method), **kw)
+        assert int(sol.stats["nfe"]) == int(ref.stats["nfe"])
+        assert int(sol.stats["num_rejected"]) == int(ref.stats["num_rejected"])
+        if dt0 == 2.0:
+            assert int(ref.stats["num_rejected"]) > 0
+        for got, want in zip(jax.tree.leaves(sol.ys), jax.tree.leaves(ref.ys)):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["dopri5", "bosh3", "rk4"])
