@@ -32,7 +32,7 @@ def _call(t, y, field):
 
 def _solve(block, h0, tol, seminorm=False, probe=None):
     """The ODE block's solve with a traced tolerance (one compilation for every tolerance)."""
-    ts = jnp.asarray([block.t0, block.t1], h0.dtype)
+    ts = np.asarray([block.t0, block.t1], h0.dtype)
     sol = ode_jax.odeint(
         _call,
         h0,

@@ -169,7 +169,10 @@ def odeint(
         f: vector field ``f(t, y, args) -> dy/dt``, a pytree shaped like ``y``.
         y0: initial state, any pytree of float (or complex) arrays.
         ts: 1-d array of output times, strictly increasing or strictly decreasing (a backwards
-            solve); ``ts[0]`` is the initial time. Length 1 returns ``y0``.
+            solve); ``ts[0]`` is the initial time. Length 1 returns ``y0``. Prefer numpy
+            arrays or lists for fixed times: they are checked when traced and fix the direction
+            statically (a jax array built inside jit is a tracer, checked at run time, and
+            makes a slightly larger program).
         args: any pytree passed to ``f`` (parameters: equinox modules welcome); gradients flow to
             its float arrays, and to float arrays ``f`` closes over.
         solver: "euler", "midpoint", "heun", "rk4" (fixed step: need ``dt0``), or adaptive
