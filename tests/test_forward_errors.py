@@ -51,6 +51,33 @@ def test_bad_ts(ts, match):
         ode_jax.odeint(decay, Y0, jnp.asarray(ts))
 
 
+def test_numpy_ts_under_jit_are_checked_at_trace_time():
+    # Inside jit, jnp.asarray(numpy) is a tracer; odeint reads numpy (and list) times from the
+    # argument itself, so their errors come when tracing, not when running.
+    bad = np.array([0.0, 1.0, 0.5])
+    with pytest.raises(ValueError, match=r"ts\[2\]=0.5 follows ts\[1\]=1.0"):
+        jax.jit(lambda y0: ode_jax.odeint(decay, y0, bad).ys).lower(Y0)
+
+
+@pytest.mark.parametrize("adjoint", ["continuous", "discrete"])
+def test_numpy_and_traced_ts_give_the_same_backwards_solve(adjoint):
+    # numpy times fix the direction at trace time; traced ones carry it as an array.
+    def f(t, y, a):
+        return -a * y * (1.0 + 0.5 * jnp.sin(t))
+
+    ts = np.linspace(2.0, 0.5, 4)
+
+    def loss(a, times):
+        sol = ode_jax.odeint(f, jnp.ones(3), times, a, rtol=1e-10, atol=1e-12, adjoint=adjoint)
+        return jnp.sum(sol.ys**2)
+
+    static = jax.jit(jax.value_and_grad(lambda a: loss(a, ts)))(0.7)
+    traced = jax.jit(jax.value_and_grad(loss))(0.7, jnp.asarray(ts))
+    exact = np.exp(-0.7 * ((ts - 2.0) - 0.5 * (np.cos(ts) - np.cos(2.0))))
+    np.testing.assert_allclose(static[0], 3 * np.sum(exact**2), rtol=1e-8)
+    np.testing.assert_allclose(static, traced, rtol=1e-8)
+
+
 def test_complex_ts():
     with pytest.raises(TypeError, match="ts must be real"):
         ode_jax.odeint(decay, Y0, jnp.array([0.0, 1.0j]))
