@@ -269,3 +269,18 @@ def test_failure_codes_per_batch_entry_under_vmap():
                 jnp.array([[1.0], [-1.0]])
             )
         )
+
+
+@pytest.mark.parametrize("norm", [None, lambda e: jnp.sqrt(jnp.mean(e**2))])
+def test_overflowing_step_with_zero_error_estimate_is_not_accepted(norm):
+    # Every stage is the same huge constant, so the embedded error estimate is (about) zero
+    # while y1 overflows: the scaled error is then 0 / inf = 0. The step must be rejected
+    # (ours: the error carries y1 - y1, NaN here; a user norm: a separate finiteness check).
+    def f(t, y, a):
+        return jnp.full_like(y, 1e300)  # y = 1e300 t overflows (float64) at t = 1.8e8
+
+    ts = jnp.array([0.0, 1e9])
+    sol = ode_jax.odeint(f, jnp.zeros(2), ts, dt0=1.0, norm=norm, throw=False)
+    assert not bool(sol.succeeded)
+    assert int(sol.result) in (RESULTS.nonfinite, RESULTS.step_size_underflow)
+    assert not np.any(np.isinf(sol.ys))
