@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from .methods import JAX_METHODS
-from .run import PROBLEMS
+from .run import PROBLEMS, _rotated
 
 STEPS = ("trace", "lower", "compile")
 
@@ -35,7 +35,7 @@ def hlo_counts(text: str) -> dict:
         "fusions": sum(1 for ln in body if re.search(r"\bfusion\(", ln)),
         "whiles": sum(1 for ln in body if re.search(r"\bwhile\(", ln)),
         "dots": sum(1 for ln in body if re.search(r"\b(dot|convolution)\(", ln)),
-        "computations": sum(1 for ln in text.splitlines() if ln.rstrip().endswith("{")),
+        "computations": sum(1 for ln in lines if ln.rstrip().endswith("{")),
     }
 
 
@@ -59,8 +59,7 @@ def probe_case(problem, methods, compiles, log) -> list[dict]:
     times = {(m, kind): {s: [] for s in STEPS} for m in methods for kind in ("fwd", "grad")}
     counts = {}
     for r in range(compiles + 1):  # round 0 is a warm-up (first compiles in a process are slow)
-        order = methods[r % len(methods) :] + methods[: r % len(methods)]
-        for m in order:
+        for m in _rotated(methods, r):
             solve = builds[m]
             fns = {
                 "fwd": lambda p, solve=solve: solve(p),

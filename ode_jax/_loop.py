@@ -40,7 +40,6 @@ class _State(eqx.Module):
     y: Any
     dt: jax.Array
     f0: Any
-    have_f0: jax.Array  # f0 holds f(t, y) (False only before the first step of a lazy_f0 solve)
     prev_err: jax.Array
     index: jax.Array  # next output to write
     ys: Any
@@ -105,7 +104,7 @@ def integrate(
     # A looped method that is given its first step size needs f(t0, y0) only inside its first
     # step: evaluating it there (lazy_f0) keeps f out of the program outside the loop. Every
     # backward solve of the continuous adjoint is such a solve.
-    lazy_f0 = method.stage_loop and method.stages > 2 and method.fsal and dt0 is not None
+    lazy_f0 = method.loops_stages and method.fsal and dt0 is not None
     if lazy_f0:
         f0 = jax.tree.map(jnp.zeros_like, y0)
     elif method.fsal or method.adaptive:
@@ -121,14 +120,12 @@ def integrate(
         dt_init = jnp.asarray(dt0, tdtype)
     if not method.fsal:
         f0 = None  # non-FSAL methods evaluate their first stage inside each step
-    have_f0 = jnp.asarray(not lazy_f0)
 
     state = _State(
         t=t0,
         y=y0,
         dt=jnp.asarray(dt_init, tdtype),
         f0=f0,
-        have_f0=have_f0,
         prev_err=jnp.ones((), tdtype),
         index=jnp.asarray(1, i32),
         ys=ys,
@@ -181,10 +178,12 @@ def integrate(
         slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
         t1 = jnp.where(t1 >= target - slack, target, t1)
         dt = t1 - s.t
-        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0, s.have_f0 if lazy_f0 else None)
+        # A lazy_f0 solve's f0 holds f(t, y) from its first attempted step on.
+        have_f0 = s.num_steps > 0 if lazy_f0 else None
+        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0, have_f0)
         nfe = s.nfe + method.evals_per_step
         if lazy_f0:
-            nfe = nfe + (~s.have_f0).astype(i32)
+            nfe = nfe + (~have_f0).astype(i32)
 
         if method.adaptive:
             err = scaled_error(s.y, y1, y_err, rtol, atol, norm).astype(tdtype)
@@ -228,7 +227,6 @@ def integrate(
             y=y,
             dt=dt_next,
             f0=f0,
-            have_f0=jnp.asarray(True),
             prev_err=prev_err,
             index=index,
             ys=ys,

@@ -240,18 +240,10 @@ def odeint(
     else:
         direction = 1.0
 
-    def f_forward(s, y, args_and_direction):
-        a, d = args_and_direction
+    def oriented(s, y, a, d):
+        # The field in the time s = d * t (d = +-1), so that every solve steps forwards.
         out = f(d * s, y, a)
         return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
-
-    def f_static(s, y, a):
-        # Concrete ts: the direction is a Python float, not an argument. As an argument it
-        # would be a parameter with an adjoint of its own (one more reduction per stage of
-        # every backward step, for a gradient nobody needs).
-        if direction == 1.0:
-            return jax.tree.map(lambda o, yl: o.astype(yl.dtype), f(s, y, a), y)
-        return jax.tree.map(lambda o, yl: (-o).astype(yl.dtype), f(-s, y, a), y)
 
     config = AdjointConfig(
         kind=adjoint,
@@ -277,10 +269,13 @@ def odeint(
     # gradients) rather than baked into the compiled solve.
     args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args)
     if isinstance(direction, float):
-        field, field_args = f_static, args
+        # Concrete ts: the direction is a Python constant, not an argument. As an argument it
+        # would be a parameter with an adjoint of its own (one more reduction per stage of
+        # every backward step, for a gradient nobody needs).
+        field, field_args = (lambda s, y, a: oriented(s, y, a, direction)), args
     else:
         direction = jnp.asarray(direction, tdtype)
-        field, field_args = f_forward, (args, direction)
+        field, field_args = (lambda s, y, a_d: oriented(s, y, *a_d)), (args, direction)
     ys, stats, result, dt_next = solve_with_adjoint(
         field, y0, direction * ts, field_args, tols, probe, config
     )

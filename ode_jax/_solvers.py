@@ -71,6 +71,11 @@ class RungeKutta:
         )
 
     @property
+    def loops_stages(self) -> bool:
+        """Whether :func:`rk_step` runs the stages in a loop (``stage_loop``, > 2 stages)."""
+        return self.stage_loop and self.stages > 2
+
+    @property
     def evals_per_step(self) -> int:
         return self.stages - 1 if self.fsal else self.stages
 
@@ -272,7 +277,7 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None):
     Args:
         f0: f(t, y, args), used as the first stage (FSAL methods carry it between steps); if None
             it is evaluated here.
-        have_f0: for a method with ``stage_loop``, an optional traced bool: when False, ``f0``
+        have_f0: for a method that loops its stages, an optional traced bool: when False, ``f0``
             is a placeholder and the first stage is evaluated inside the stage loop (so a solve
             needs no copy of f outside its loop for it).
 
@@ -280,7 +285,7 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None):
         (y1, y_err, ks): the new state, the error estimate (None for fixed-step methods) and the
         list of stage derivatives; for FSAL methods ``ks[-1] == f(t + dt, y1)``.
     """
-    if method.stage_loop and method.stages > 2:
+    if method.loops_stages:
         return _rk_step_looped(method, f, t, y, dt, args, f0, have_f0)
     if f0 is None:
         f0 = f(t, y, args)
