@@ -7,6 +7,7 @@ pass against its NFE, (c) backward against forward NFE, with and without the sem
 history). Reads an ``experiments.odenet`` run folder; writes CSV and PNG files to ``--out``.
 
     python -m experiments.nfe_study --run runs/odenet --out results/nfe_study
+    python -m experiments.nfe_study plot --run runs/odenet --out results/nfe_study  # redraw only
 """
 
 from __future__ import annotations
@@ -107,13 +108,13 @@ def plot(path, rows: list[dict], history: list[dict], steps_per_epoch: float):
     tol, nfe = [r["tol"] for r in ok], [r["nfe_fwd"] for r in ok]
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     ax = axes[0]
-    ax.loglog(tol, nfe, "o-", label="forward NFE")
-    ax.set(xlabel="tolerance (rtol = atol)", ylabel="NFE", title="(a) NFE vs tolerance")
+    # No legend: each curve is named by its own axis, in the curve's colour.
+    ax.loglog(tol, nfe, "o-C0")
+    ax.set(xlabel="tolerance (rtol = atol)", title="(a) NFE vs tolerance")
+    ax.set_ylabel("forward NFE (circles)", color="C0")
     err_ax = ax.twinx()
-    err_ax.loglog(tol, [max(r["rel_error"], 1e-12) for r in ok], "s--C1", label="rel. error")
-    err_ax.set(ylabel="relative error of y(1)")
-    ax.legend(loc="upper right", fontsize=8)
-    err_ax.legend(loc="lower left", fontsize=8)
+    err_ax.loglog(tol, [max(r["rel_error"], 1e-12) for r in ok], "s--C1")
+    err_ax.set_ylabel("relative error of y(1) (squares)", color="C1")
     axes[1].plot(nfe, [r["forward_seconds"] for r in ok], "o-")
     axes[1].set(xlabel="forward NFE", ylabel="seconds", title="(b) forward wall time vs NFE")
     ax = axes[2]
@@ -141,10 +142,28 @@ def plot(path, rows: list[dict], history: list[dict], steps_per_epoch: float):
     report.save_figure(fig, path)
 
 
-def main(argv=None) -> list[dict]:
+def _steps_per_epoch(run_cfg, splits=None) -> float:
+    splits = load_splits(run_cfg) if splits is None else splits
+    return len(splits["train"][0]) / run_cfg.batch_size
+
+
+def replot(argv) -> None:
+    """``plot --run RUN --out OUT``: redraw ``OUT/nfe_study.png`` from the CSV files in ``OUT``."""
+    cfg = tyro.cli(NFEStudyConfig, args=argv)
+    out = Path(cfg.out)
+    rows = report.read_csv(out / "tolerance_sweep.csv")
+    history = report.read_csv(out / "training_nfe.csv")
+    _, run_cfg = load_model(Path(cfg.run))
+    plot(out / "nfe_study.png", rows, history, _steps_per_epoch(run_cfg))
+    print(f"redrew {out}/nfe_study.png")
+
+
+def main(argv=None) -> list[dict] | None:
     import sys
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plot"]:
+        return replot(argv[1:])
     default = NFEStudyConfig(smoke=True, **NFE_SMOKE) if "--smoke" in argv else NFEStudyConfig()
     cfg = tyro.cli(NFEStudyConfig, default=default, args=argv)
     run, out = Path(cfg.run), Path(cfg.out)
@@ -159,8 +178,7 @@ def main(argv=None) -> list[dict]:
     history = read_history(run)
     report.write_csv(out / "tolerance_sweep.csv", rows)
     report.write_csv(out / "training_nfe.csv", history)
-    steps_per_epoch = len(splits["train"][0]) / run_cfg.batch_size
-    plot(out / "nfe_study.png", rows, history, steps_per_epoch)
+    plot(out / "nfe_study.png", rows, history, _steps_per_epoch(run_cfg, splits))
     print(f"wrote {out}/ (tolerance_sweep.csv, training_nfe.csv, nfe_study.png)")
     return rows
 

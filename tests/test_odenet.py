@@ -61,6 +61,9 @@ def test_smoke_runs(tmp_path):
         "training_nfe.csv",
         "nfe_study.png",
     }
+    (out / "nfe_study.png").unlink()
+    nfe_study.main(["plot", "--run", str(run), "--out", str(out)])  # redraw from the CSV files
+    assert (out / "nfe_study.png").stat().st_size > 0
 
 
 def test_resnet_smoke_with_step_measurement(tmp_path):
