@@ -151,6 +151,9 @@ def replot(argv) -> None:
     """``plot --run RUN --out OUT``: redraw ``OUT/nfe_study.png`` from the CSV files in ``OUT``."""
     cfg = tyro.cli(NFEStudyConfig, args=argv)
     out = Path(cfg.out)
+    missing = [n for n in ("tolerance_sweep.csv", "training_nfe.csv") if not (out / n).is_file()]
+    if missing:
+        raise SystemExit(f"--out {out} has no {', '.join(missing)}: run the study there first")
     rows = report.read_csv(out / "tolerance_sweep.csv")
     history = report.read_csv(out / "training_nfe.csv")
     _, run_cfg = load_model(Path(cfg.run))

@@ -64,6 +64,8 @@ def test_smoke_runs(tmp_path):
     (out / "nfe_study.png").unlink()
     nfe_study.main(["plot", "--run", str(run), "--out", str(out)])  # redraw from the CSV files
     assert (out / "nfe_study.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no tolerance_sweep.csv"):
+        nfe_study.main(["plot", "--run", str(run), "--out", str(tmp_path / "empty")])
 
 
 def test_resnet_smoke_with_step_measurement(tmp_path):
