@@ -24,7 +24,7 @@ import tyro
 import ode_jax
 from configs.odenet import NFE_SMOKE, NFEStudyConfig
 from experiments.common import report
-from experiments.odenet import cross_entropy, load_model, load_splits, to_float
+from experiments.odenet import cross_entropy, load_config, load_model, load_splits, to_float
 
 
 def _call(t, y, field):
@@ -156,7 +156,7 @@ def replot(argv) -> None:
         raise SystemExit(f"--out {out} has no {', '.join(missing)}: run the study there first")
     rows = report.read_csv(out / "tolerance_sweep.csv")
     history = report.read_csv(out / "training_nfe.csv")
-    _, run_cfg = load_model(Path(cfg.run))
+    run_cfg = load_config(cfg.run)  # for the epoch length; the model itself is not needed
     plot(out / "nfe_study.png", rows, history, _steps_per_epoch(run_cfg))
     print(f"redrew {out}/nfe_study.png")
 

@@ -293,10 +293,16 @@ def _save_model(folder: Path, model, meta: dict):
     (folder / "best.json").write_text(json.dumps(meta))  # written last: marks a complete save
 
 
+def load_config(run) -> ODENetConfig:
+    """The resolved config a run folder was trained with."""
+    resolved = json.loads((Path(run) / "config.json").read_text())
+    return common.config_from_dict(ODENetConfig, resolved)
+
+
 def load_model(run, which: str = "best") -> tuple[Classifier, ODENetConfig]:
     """The model of a finished (or running) run folder: its ``best`` (lowest validation error)."""
     run = Path(run)
-    cfg = common.config_from_dict(ODENetConfig, json.loads((run / "config.json").read_text()))
+    cfg = load_config(run)
     like = make_model(cfg, jax.random.key(0))
     return eqx.tree_deserialise_leaves(run / which / "model.eqx", like), cfg
 
