@@ -1,8 +1,9 @@
 """The one adaptive stepping loop: a ``lax.while_loop`` over a state pytree.
 
 Integration always runs forwards in time here (``ts`` strictly increasing); ``odeint`` maps a
-backwards solve onto this by flipping the sign of time. Outputs are written with the method's
+backwards solve onto this by flipping the sign of time. Outputs are written with the solver's
 dense output, so steps need not land on the output times (fixed-step methods do land on them).
+The loop talks to the method only through :class:`ode_jax.AbstractSolver`.
 """
 
 from __future__ import annotations
@@ -16,18 +17,33 @@ import jax.numpy as jnp
 
 from ._control import PIDController, initial_step, scaled_error
 from ._solution import RESULTS
-from ._solvers import RungeKutta, dense_eval, rk_step
+from ._solver import AbstractSolver, tree_where
+
+
+class Tolerances(eqx.Module):
+    """The numbers that steer a solve; arrays, so they may be traced (and vmapped).
+
+    ``dt0``: the first step size (adaptive) or the step size (fixed-step); None: Hairer's
+    initial step. ``dtmax``: an upper bound on every step size, or None.
+    """
+
+    rtol: jax.Array
+    atol: jax.Array
+    dt0: jax.Array | None = None
+    dtmax: jax.Array | None = None
 
 
 class Recorder:
     """Hooks that let an adjoint record what it needs of the forward solve (no-ops here)."""
 
-    def init(self, y0, ts):
+    def init(self, y0, ts, saved):
+        """``saved``: the solver's :meth:`~ode_jax.AbstractSolver.checkpoint_state` at t0."""
         return None
 
-    def on_accept(self, aux, accept, step, t, dt, y):
+    def on_accept(self, aux, accept, step, t, dt, y, saved):
         """Called for every attempted step; ``accept`` says whether step number ``step``
-        (0-based count of accepted steps) from (t, y) with size dt was accepted."""
+        (0-based count of accepted steps) from (t, y) with size dt was accepted. ``saved``: the
+        solver's checkpoint state before the step."""
         return aux
 
     def on_output(self, aux, index, step):
@@ -39,7 +55,7 @@ class _State(eqx.Module):
     t: jax.Array
     y: Any
     dt: jax.Array
-    f0: Any
+    solver_state: Any
     prev_err: jax.Array
     index: jax.Array  # next output to write
     ys: Any
@@ -53,24 +69,18 @@ class _State(eqx.Module):
     aux: Any
 
 
-def _where(pred, a, b):
-    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
-
-
 def _all_finite(tree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def integrate(
-    method: RungeKutta,
+    solver: AbstractSolver,
     f: Callable,
     y0,
     ts: jax.Array,
     args,
+    tols: Tolerances,
     *,
-    rtol,
-    atol,
-    dt0,
     max_steps: int,
     controller: PIDController,
     norm: Callable,
@@ -87,6 +97,10 @@ def integrate(
     t0, t_end = ts[0], ts[-1]
     eps = jnp.finfo(tdtype).eps
     i32 = jnp.int32
+    rtol, atol, dt0, dtmax = tols.rtol, tols.atol, tols.dt0, tols.dtmax
+
+    def cap(dt):
+        return dt if dtmax is None else jnp.minimum(dt, dtmax.astype(tdtype))
 
     def init_ys(leaf):
         buf = jnp.full((n_out,) + leaf.shape, jnp.nan, leaf.dtype)
@@ -98,51 +112,39 @@ def integrate(
         stats = dict.fromkeys(("nfe", "num_steps", "num_accepted", "num_rejected"), zero)
         ok = jnp.asarray(RESULTS.successful, i32)
         dt_next = jnp.asarray(jnp.nan if dt0 is None else dt0, tdtype)
-        return ys, stats, ok, recorder.init(y0, ts), dt_next
-    nfe = 0
+        return ys, stats, ok, recorder.init(y0, ts, None), dt_next
+    nfe = jnp.asarray(0, i32)
     f0 = None
-    # A looped method that is given its first step size needs f(t0, y0) only inside its first
-    # step: evaluating it there (lazy_f0) keeps f out of the program outside the loop. Every
-    # backward solve of the continuous adjoint is such a solve.
-    lazy_f0 = method.loops_stages and method.fsal and dt0 is not None
-    if lazy_f0:
-        f0 = jax.tree.map(jnp.zeros_like, y0)
-    elif method.fsal or method.adaptive:
+    if solver.adaptive and dt0 is None:
         f0 = f(t0, y0, args)
-        nfe += 1
-    if method.adaptive:
-        if dt0 is None:
-            dt_init = initial_step(f, t0, y0, args, f0, method.order, rtol, atol, norm)
-            nfe += 1
-        else:
-            dt_init = jnp.asarray(dt0, tdtype)
+        dt_init = initial_step(f, t0, y0, args, f0, solver.order, rtol, atol, norm)
+        nfe = nfe + 2
     else:
         dt_init = jnp.asarray(dt0, tdtype)
-    if not method.fsal:
-        f0 = None  # non-FSAL methods evaluate their first stage inside each step
+    solver_state, n_init = solver.init(f, t0, y0, args, f0)
 
     state = _State(
         t=t0,
         y=y0,
-        dt=jnp.asarray(dt_init, tdtype),
-        f0=f0,
+        dt=cap(jnp.asarray(dt_init, tdtype)),
+        solver_state=solver_state,
         prev_err=jnp.ones((), tdtype),
         index=jnp.asarray(1, i32),
         ys=ys,
-        nfe=jnp.asarray(nfe, i32),
+        nfe=(nfe + n_init).astype(i32),
         num_steps=jnp.asarray(0, i32),
         num_accepted=jnp.asarray(0, i32),
         num_rejected=jnp.asarray(0, i32),
         rejected=jnp.asarray(False),
         nonfinite=jnp.asarray(False),
         result=jnp.asarray(RESULTS.successful, i32),
-        aux=recorder.init(y0, ts),
+        aux=recorder.init(y0, ts, solver.checkpoint_state(solver_state)),
     )
 
     def cond(s):
         return (s.t < t_end) & (s.result == RESULTS.successful) & (s.num_steps < max_steps)
 
-    def write_outputs(s, accept, aux, t1, y1, ks, dt):
+    def write_outputs(s, accept, aux, t1, y1, info, dt):
         """Write every output time in (s.t, t1] from the accepted step's dense output."""
         if n_out == 2:
             # The only output after ts[0] is t_end, where the last step lands exactly (see
@@ -150,7 +152,7 @@ def integrate(
             # solve of the continuous adjoint and every ODE block is such a solve.
             done = accept & (t1 >= t_end)
             ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(done, v, buf[1])), s.ys, y1)
-            aux = _where(done, recorder.on_output(aux, 1, s.num_accepted), aux)
+            aux = tree_where(done, recorder.on_output(aux, 1, s.num_accepted), aux)
             return jnp.where(done, 2, s.index).astype(i32), ys, aux
 
         def out_cond(c):
@@ -161,7 +163,7 @@ def integrate(
             index, ys, aux = c
             t_out = ts[index]
             theta = (t_out - s.t) / dt
-            val = _where(t_out >= t1, y1, dense_eval(method, s.y, ks, dt, theta))
+            val = tree_where(t_out >= t1, y1, solver.interpolate(info, theta))
             ys = jax.tree.map(lambda buf, v: buf.at[index].set(v), ys, val)
             aux = recorder.on_output(aux, index, s.num_accepted)
             return index + 1, ys, aux
@@ -173,19 +175,17 @@ def integrate(
         # in between come from the dense output). A step that would stop just short of its
         # target (by rounding, or by under 0.1% of the step) is stretched onto it, rather than
         # leaving a sliver of a step to take next.
-        target = t_end if method.adaptive else ts[jnp.minimum(s.index, n_out - 1)]
+        target = t_end if solver.adaptive else ts[jnp.minimum(s.index, n_out - 1)]
         t1 = s.t + s.dt
         slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
         t1 = jnp.where(t1 >= target - slack, target, t1)
         dt = t1 - s.t
-        # A lazy_f0 solve's f0 holds f(t, y) from its first attempted step on.
-        have_f0 = s.num_steps > 0 if lazy_f0 else None
-        y1, y_err, ks = rk_step(method, f, s.t, s.y, dt, args, s.f0, have_f0)
-        nfe = s.nfe + method.evals_per_step
-        if lazy_f0:
-            nfe = nfe + (~have_f0).astype(i32)
+        y1, y_err, info, new_solver_state, n_step = solver.step(
+            f, s.t, s.y, dt, args, s.solver_state
+        )
+        nfe = s.nfe + jnp.asarray(n_step).astype(i32)
 
-        if method.adaptive:
+        if solver.adaptive:
             err = scaled_error(s.y, y1, y_err, rtol, atol, norm).astype(tdtype)
             # An infinite y1 can come with a finite (even zero) scaled error: reject it too.
             # scaled_error makes the error NaN then, for norms that propagate it (ours do).
@@ -193,14 +193,18 @@ def integrate(
             if not getattr(norm, "propagates_nonfinite", False):
                 finite = finite & _all_finite(y1)
             accept = finite & (err <= 1.0)
-            factor = controller.factor(err, s.prev_err, accept, method.order, s.rejected)
+            factor = controller.factor(err, s.prev_err, accept, solver.order, s.rejected)
             dt_next = (dt * factor).astype(tdtype)
             # The last step is usually cut short to end on t_end; the step size handed back
             # (Solution.dt_next, to start a following solve) should not inherit that cut.
             landed = accept & (t1 >= t_end)
-            dt_next = jnp.where(landed, jnp.maximum(dt_next, s.dt), dt_next)
+            dt_next = cap(jnp.where(landed, jnp.maximum(dt_next, s.dt), dt_next))
             prev_err = jnp.where(accept, err, s.prev_err)
-            tiny = 16 * eps * jnp.maximum(jnp.abs(s.t), jnp.abs(t_end))
+            # The smallest step that still moves t: relative to the current time (not to the
+            # end of the interval, which in float32 over a long horizon would forbid the small
+            # steps a fast transient near t0 needs), and near t = 0 to a millionth of the
+            # interval, so that a hopeless solve still stops in a few dozen rejections.
+            tiny = 16 * eps * jnp.maximum(jnp.abs(s.t), 1e-6 * (t_end - t0))
             # Written so that a NaN step size (e.g. f(t0, y0) is NaN) also counts as underflow.
             underflow = (~accept) & ~(dt_next >= tiny)
             failed = jnp.where(
@@ -216,17 +220,14 @@ def integrate(
             result = jnp.where(finite, s.result, RESULTS.nonfinite).astype(i32)
             nonfinite = ~finite
 
-        aux = recorder.on_accept(s.aux, accept, s.num_accepted, s.t, dt, s.y)
-        index, ys, aux = write_outputs(s, accept, aux, t1, y1, ks, dt)
-        t = jnp.where(accept, t1, s.t)
-        y = _where(accept, y1, s.y)
-        # After a rejection the next step starts from the same (t, y), whose f is ks[0].
-        f0 = _where(accept, ks[-1], ks[0]) if method.fsal else None
+        saved = solver.checkpoint_state(s.solver_state)
+        aux = recorder.on_accept(s.aux, accept, s.num_accepted, s.t, dt, s.y, saved)
+        index, ys, aux = write_outputs(s, accept, aux, t1, y1, info, dt)
         return _State(
-            t=t,
-            y=y,
+            t=jnp.where(accept, t1, s.t),
+            y=tree_where(accept, y1, s.y),
             dt=dt_next,
-            f0=f0,
+            solver_state=solver.select_state(accept, s.solver_state, new_solver_state, info),
             prev_err=prev_err,
             index=index,
             ys=ys,

@@ -10,12 +10,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._adjoint import AdjointConfig, solve_with_adjoint
+from ._adjoint import AbstractAdjoint, LoopOptions, get_adjoint
 from ._control import PIDController, rms_norm
-from ._solution import Solution, raise_if_failed
+from ._loop import Tolerances
+from ._solution import RESULTS, Solution, raise_if_failed
+from ._solver import AbstractSolver
 from ._solvers import get_solver
 
-ADJOINTS = ("continuous", "discrete")
+# Keywords of earlier versions, now options of an adjoint object: a clear error, not a silent
+# TypeError about an unexpected keyword.
+_MOVED = {
+    "adjoint_rtol": "ode_jax.ContinuousAdjoint(rtol=...)",
+    "adjoint_atol": "ode_jax.ContinuousAdjoint(atol=...)",
+    "adjoint_solver": "ode_jax.ContinuousAdjoint(solver=...)",
+    "adjoint_max_steps": "ode_jax.ContinuousAdjoint(max_steps=...)",
+    "seminorm": "ode_jax.ContinuousAdjoint(seminorm=True)",
+    "checkpoints": "ode_jax.DiscreteAdjoint(checkpoints=...)",
+}
 
 
 def _is_concrete(x) -> bool:
@@ -146,22 +157,18 @@ def odeint(
     ts,
     args: Any = None,
     *,
-    solver="tsit5",
+    solver: str | AbstractSolver = "tsit5",
     rtol=1e-6,
     atol=1e-8,
     dt0=None,
+    dtmax=None,
     max_steps: int = 4096,
     controller: PIDController | None = None,
     norm: Callable | None = None,
-    adjoint: str = "continuous",
-    adjoint_rtol=None,
-    adjoint_atol=None,
-    adjoint_solver=None,
-    adjoint_max_steps: int | None = None,
-    seminorm: bool = False,
-    checkpoints: int | None = None,
+    adjoint: str | AbstractAdjoint = "continuous",
     probe=None,
     throw: bool = True,
+    **moved,
 ) -> Solution:
     """Solve dy/dt = f(t, y, args) from y(ts[0]) = y0 and return y at every time in ts.
 
@@ -175,23 +182,19 @@ def odeint(
             makes a slightly larger program).
         args: any pytree passed to ``f`` (parameters: equinox modules welcome); gradients flow to
             its float arrays, and to float arrays ``f`` closes over.
-        solver: "euler", "midpoint", "heun", "rk4" (fixed step: need ``dt0``), or adaptive
-            "bosh3", "dopri5", "tsit5", "dopri8"; or an :class:`ode_jax.RungeKutta`.
+        solver: a name from :data:`ode_jax.SOLVERS` ("euler", "midpoint", "heun", "rk4" take
+            fixed steps and need ``dt0``; "bosh3", "dopri5", "tsit5", "dopri8" are adaptive) or
+            a solver object (:class:`ode_jax.RungeKutta`, any :class:`ode_jax.AbstractSolver`).
         rtol, atol: relative/absolute tolerances (positive; may be traced values).
         dt0: initial step size magnitude (adaptive; default: Hairer's algorithm) or the step size
             (fixed-step methods, whose steps are shortened to land on every output time).
+        dtmax: largest step size magnitude an adaptive solve may take (default: no bound).
         max_steps: bound on attempted steps of the forward solve.
         controller: :class:`ode_jax.PIDController` (default: integral controller).
         norm: error norm over the pytree of scaled errors (default: RMS over all elements).
-        adjoint: how reverse-mode gradients are computed: "continuous" (the paper's Algorithm 1,
-            O(1) memory in the number of steps) or "discrete" (exact gradient of the computed
-            solution by a reverse walk over recorded steps).
-        adjoint_rtol, adjoint_atol, adjoint_solver, adjoint_max_steps: the continuous adjoint's
-            backward solve (defaults: the forward ones).
-        seminorm: continuous adjoint: leave the parameter adjoint out of the backward error norm
-            (Kidger et al. 2021), usually saving backward steps.
-        checkpoints: discrete adjoint: how many states the forward pass stores (default about
-            sqrt(max_steps)); longer solves recompute segments from them, exactly.
+        adjoint: how reverse-mode gradients are computed: an adjoint object
+            (:class:`ode_jax.ContinuousAdjoint`, :class:`ode_jax.DiscreteAdjoint`) or the
+            shorthand "continuous" / "discrete" for one with default options.
         probe: optional float array of shape (4,) (see :func:`ode_jax.make_probe`). Its
             gradient is the backward pass's [nfe, num_steps, num_accepted, num_rejected].
         throw: raise on failure (also under jit); with False, check ``sol.result``.
@@ -199,29 +202,27 @@ def odeint(
     Returns:
         :class:`ode_jax.Solution` with ``ys`` (leading axis ``len(ts)``) and ``stats``.
     """
+    if moved:
+        name = next(iter(moved))
+        if name in _MOVED:
+            raise TypeError(
+                f"odeint() no longer takes {name}=; it is an option of the adjoint: pass "
+                f"adjoint={_MOVED[name]}"
+            )
+        raise TypeError(f"odeint() got an unexpected keyword argument {name!r}")
     if not callable(f):
         raise TypeError(f"f must be callable f(t, y, args), got {type(f).__name__}")
     y0 = _validate_y0(y0)
     ts, ts_np = _validate_ts(ts)
     method = get_solver(solver)
-    adj_method = method if adjoint_solver is None else get_solver(adjoint_solver)
-    if adjoint not in ADJOINTS:
-        raise ValueError(f"adjoint={adjoint!r} is not one of {ADJOINTS}")
+    adjoint = get_adjoint(adjoint)
     if not method.adaptive and dt0 is None:
         raise ValueError(f"solver={method.name!r} takes fixed steps: pass dt0 (the step size)")
-    if adjoint == "continuous" and not adj_method.adaptive and dt0 is None:
-        raise ValueError(f"adjoint_solver={adj_method.name!r} is fixed-step: pass dt0")
-    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+    adjoint.check(method, dt0)
+    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0), ("dtmax", dtmax)):
         _check_positive(name, value)
-    for name, value in (("adjoint_rtol", adjoint_rtol), ("adjoint_atol", adjoint_atol)):
-        _check_positive(name, value)
-    for name, value in (("max_steps", max_steps), ("adjoint_max_steps", adjoint_max_steps)):
-        if value is not None and (not isinstance(value, (int, np.integer)) or value < 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if checkpoints is not None and (
-        not isinstance(checkpoints, (int, np.integer)) or checkpoints < 2
-    ):
-        raise ValueError(f"checkpoints must be an int >= 2, got {checkpoints!r}")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
     if probe is not None and jnp.shape(probe) != (4,):
         raise ValueError(
             f"probe must have shape (4,) (see ode_jax.make_probe), got {jnp.shape(probe)}"
@@ -229,9 +230,12 @@ def odeint(
     _check_vector_field(f, ts[0], y0, args)
 
     tdtype = ts.dtype
-    rtol_a = jnp.asarray(rtol, tdtype)
-    atol_a = jnp.asarray(atol, tdtype)
-    dt0_a = None if dt0 is None else jnp.abs(jnp.asarray(dt0, tdtype))
+    tols = Tolerances(
+        rtol=jnp.asarray(rtol, tdtype),
+        atol=jnp.asarray(atol, tdtype),
+        dt0=None if dt0 is None else jnp.abs(jnp.asarray(dt0, tdtype)),
+        dtmax=None if dtmax is None else jnp.asarray(dtmax, tdtype),
+    )
     n = ts.shape[0]
     if n > 1 and ts_np is not None:
         direction = 1.0 if ts_np[-1] > ts_np[0] else -1.0
@@ -245,23 +249,11 @@ def odeint(
         out = f(d * s, y, a)
         return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
 
-    config = AdjointConfig(
-        kind=adjoint,
-        method=method,
-        adjoint_method=adj_method,
+    options = LoopOptions(
+        solver=method,
         controller=controller or PIDController(),
         norm=norm or rms_norm,
-        seminorm=seminorm,
         max_steps=int(max_steps),
-        adjoint_max_steps=int(adjoint_max_steps or max_steps),
-        checkpoints=checkpoints,
-    )
-    tols = (
-        rtol_a,
-        atol_a,
-        dt0_a,
-        rtol_a if adjoint_rtol is None else jnp.asarray(adjoint_rtol, tdtype),
-        atol_a if adjoint_atol is None else jnp.asarray(adjoint_atol, tdtype),
     )
     if probe is None:
         probe = jnp.zeros((4,), tdtype)
@@ -276,12 +268,29 @@ def odeint(
     else:
         direction = jnp.asarray(direction, tdtype)
         field, field_args = (lambda s, y, a_d: oriented(s, y, *a_d)), (args, direction)
-    ys, stats, result, dt_next = solve_with_adjoint(
-        field, y0, direction * ts, field_args, tols, probe, config
+    ys, stats, result, dt_next = adjoint.solve(
+        field, y0, direction * ts, field_args, tols, probe, options
     )
-    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+    result = _blame_input(result, y0, args)
+    for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0), ("dtmax", dtmax)):
         ys = _runtime_positive(name, value, ys)
     ys = _check_ts_runtime(ts, ts_np, ys)
     if throw:
         ys = raise_if_failed(ys, result)
     return Solution(ts=ts, ys=ys, stats=stats, result=result, dt_next=dt_next)
+
+
+def _nonfinite(tree) -> jax.Array:
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    if not leaves:
+        return jnp.asarray(False)
+    return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _blame_input(result, y0, args):
+    """A solve that failed on a non-finite state or step size is blamed on its input when y0
+    or args holds a NaN or inf: the message then names the argument to fix."""
+    failed = (result == RESULTS.nonfinite) | (result == RESULTS.step_size_underflow)
+    result = jnp.where(failed & _nonfinite(y0), RESULTS.nonfinite_y0, result)
+    failed = failed & (result != RESULTS.nonfinite_y0)
+    return jnp.where(failed & _nonfinite(args), RESULTS.nonfinite_args, result).astype(jnp.int32)

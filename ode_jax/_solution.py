@@ -14,6 +14,8 @@ class RESULTS:
     max_steps_reached = 1
     step_size_underflow = 2
     nonfinite = 3
+    nonfinite_y0 = 4
+    nonfinite_args = 5
 
     messages = (
         "successful",
@@ -23,6 +25,9 @@ class RESULTS:
         "or blow up in finite time)",
         "the state or the error estimate became non-finite (NaN/inf) and shrinking the step "
         "did not help",
+        "y0 contains NaN or inf: the initial state must be finite",
+        "args contains NaN or inf (a parameter or other float array passed to f is not "
+        "finite)",
     )
 
     @classmethod
@@ -58,7 +63,8 @@ class Solution(eqx.Module):
 
 def raise_if_failed(tree, result, prefix: str = "ode_jax.odeint"):
     """Attach a runtime error to ``tree`` that fires (also under jit/vmap) when result != 0."""
-    codes = jnp.arange(len(RESULTS.messages))
+    codes = jnp.arange(len(RESULTS.messages), dtype=jnp.int32)
+    result = jnp.asarray(result).astype(jnp.int32)
     # Rebuild the index from comparisons: an int output of a custom_vjp can carry a float0
     # tangent, which equinox's error machinery cannot differentiate under vmap.
     index = jnp.sum(jnp.where(codes == result, codes, 0)).astype(jnp.int32)

@@ -144,8 +144,7 @@ def _neural_ode_loss(mlp, probe, adjoint, seminorm, rtol, atol):
         mlp,
         rtol=rtol,
         atol=atol,
-        adjoint=adjoint,
-        seminorm=seminorm,
+        adjoint=ode_jax.ContinuousAdjoint(seminorm=True) if seminorm else adjoint,
         probe=probe,
     )
     return jnp.mean(sol.ys[-1] ** 2), sol.stats
@@ -194,8 +193,7 @@ def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
 
     def loss(y0, ck):
         sol = ode_jax.odeint(
-            lambda t, y, A: A @ y, y0, jnp.linspace(0, 10, 7), A, adjoint="discrete",
-            checkpoints=ck, rtol=1e-7, atol=1e-9, max_steps=512,
+            lambda t, y, A: A @ y, y0, jnp.linspace(0, 10, 7), A, adjoint=ode_jax.DiscreteAdjoint(checkpoints=ck), rtol=1e-7, atol=1e-9, max_steps=512,
         )  # fmt: skip
         return jnp.sum(sol.ys**2), sol.stats["num_accepted"]
 
@@ -271,7 +269,8 @@ def test_continuous_adjoint_memory_flat_in_number_of_steps():
 def test_backward_failure_raises_with_clear_message():
     def loss(y0):
         sol = ode_jax.odeint(
-            lambda t, y, _: -y, y0, jnp.array([0.0, 5.0]), adjoint_max_steps=2, rtol=1e-8
+            lambda t, y, _: -y, y0, jnp.array([0.0, 5.0]), rtol=1e-8,
+            adjoint=ode_jax.ContinuousAdjoint(max_steps=2),
         )
         return jnp.sum(sol.ys[-1])
 

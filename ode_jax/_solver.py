@@ -1,0 +1,111 @@
+"""The solver interface: what the stepping loop and the adjoints ask of a method.
+
+The loop in :mod:`ode_jax._loop` is written against :class:`AbstractSolver` only. A solver takes
+one step at a time from (t, y) with a given step size, returns an error estimate (adaptive
+methods) and the data its dense output needs, and carries a per-solve state between steps (an
+FSAL stage, a Jacobian and its LU factors, a second reversible state, ...).
+
+Integration always runs forwards in time inside the loop: ``dt > 0``.
+"""
+
+
+import abc
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+
+def tree_where(pred, a, b):
+    """``jnp.where(pred, a, b)`` leaf by leaf over two pytrees of the same structure."""
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+class AbstractSolver(eqx.Module):
+    """A one-step method for dy/dt = f(t, y, args).
+
+    Subclasses define ``name``, ``order`` and ``adaptive`` (fields or properties) and the
+    methods :meth:`init`, :meth:`step` and :meth:`interpolate`. Everything else has a default
+    that is correct for any solver; override it for speed (see :class:`ode_jax.RungeKutta`).
+
+    Solvers are static: the loop closes over them, so they must not hold arrays that should
+    be traced (tolerances and parameters travel separately).
+    """
+
+    # A short name for messages; the order of the propagated solution (the step-size
+    # controller uses it); whether step() returns an error estimate (else dt0 is the step).
+    name: eqx.AbstractVar[str]
+    order: eqx.AbstractVar[int]
+    adaptive: eqx.AbstractVar[bool]
+
+    @abc.abstractmethod
+    def init(self, f, t0, y0, args, f0=None) -> tuple[Any, jax.Array]:
+        """The per-solve state at (t0, y0) and the number of evaluations of f it cost.
+
+        ``f0``: f(t0, y0, args) when the caller already has it (it computed the initial step
+        size), else None.
+        """
+
+    @abc.abstractmethod
+    def step(self, f, t, y, dt, args, state):
+        """One step from (t, y) of size dt > 0.
+
+        Returns ``(y1, y_error, dense_info, state, nfe)``: the new state, the local error
+        estimate (a pytree like y, or None for a fixed-step method), whatever
+        :meth:`interpolate` needs, the state after an accepted step, and the number of
+        evaluations of f (an int32 scalar).
+        """
+
+    @abc.abstractmethod
+    def interpolate(self, dense_info, theta):
+        """y at ``t + theta * dt`` within the step that produced ``dense_info`` (theta in
+        [0, 1]); at theta = 1 it must equal the step's y1."""
+
+    def select_state(self, accept, old_state, new_state, dense_info):
+        """The state to carry after a step is accepted (``accept``) or rejected."""
+        return tree_where(accept, new_state, old_state)
+
+    def looped(self) -> "AbstractSolver":
+        """The same method arranged so that f appears once in the compiled program (used for
+        the continuous adjoint's backward solve, whose field is a VJP). Default: itself."""
+        return self
+
+    # -- the discrete adjoint ------------------------------------------------------------
+    # The discrete adjoint records the accepted (t, dt) and checkpointed states, recomputes
+    # steps from them and pulls cotangents back through each step. The defaults rebuild a
+    # step with init + step and differentiate it with jax.vjp; solvers with a cheaper exact
+    # rule (explicit RK: stage by stage; implicit: the converged stage equations) override.
+
+    def checkpoint_state(self, state):
+        """The part of the state that cannot be recomputed from (t, y) alone and must be stored
+        with each checkpoint (default: nothing)."""
+        return None
+
+    def recompute(self, f, t, y, dt, args, saved, with_dense):
+        """Redo an accepted step for the backward pass.
+
+        ``saved``: :meth:`checkpoint_state` of the state before the step. ``with_dense``: a
+        traced bool, whether the dense output of this step is needed. Returns
+        ``(y1, dense_info, saved1, nfe)``.
+        """
+        state, nfe0 = self._restart(f, t, y, args, saved)
+        y1, _, info, state1, nfe = self.step(f, t, y, dt, args, state)
+        return y1, info, self.checkpoint_state(state1), nfe0 + nfe
+
+    def step_vjp(self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_dense, with_dense):
+        """Cotangents of (y, args, t) of an accepted step, given those of its y1 and of its
+        dense_info. Returns ``(ct_y, ct_args, ct_t, nfe)``; dt is held constant."""
+
+        def run(y_, a_, t_):
+            state, nfe0 = self._restart(f, t_, y_, a_, saved)
+            y1, _, info, _, nfe = self.step(f, t_, y_, dt, a_, state)
+            return (y1, info), nfe0 + nfe
+
+        _, pull, nfe = jax.vjp(run, y, args, t, has_aux=True)
+        ct_y, ct_a, ct_t = pull((ct_y1, ct_dense))
+        return ct_y, ct_a, ct_t, 2 * nfe
+
+    def _restart(self, f, t, y, args, saved):
+        """A state at (t, y) for recomputation (default: :meth:`init`)."""
+        return self.init(f, t, y, args)
