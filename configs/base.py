@@ -2,7 +2,8 @@
 
 Every experiment config subclasses :class:`TrainConfig`; each field is a command-line flag
 (``--steps 500``), parsed by tyro. Validation runs when a config is built (``__post_init__``),
-so a bad value fails before any training starts.
+so a bad value fails before any training starts. A config's solver fields become one
+:class:`ode_jax.SolveSettings` through :meth:`TrainConfig.solve_settings`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,11 @@ import dataclasses
 import types
 import typing
 from typing import Literal
+
+import ode_jax
+
+# Config fields passed to ode_jax.SolveSettings under their own name, where a config has them.
+SOLVE_FIELDS = ("solver", "rtol", "atol", "dt0", "dtmax", "max_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,32 @@ class TrainConfig:
         require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0 (0: none)")
         require(self, "num_devices", self.num_devices >= 0, "must be >= 0 (0: all devices)")
         require(self, "out", bool(self.out), "must be a folder name")
+        if "solver" in _field_names(self):
+            for name in ("rtol", "atol", "max_steps"):
+                if name in _field_names(self):
+                    require(self, name, getattr(self, name) > 0, "must be positive")
+            self.solve_settings()  # any other bad combination, before training starts
+
+    def solve_settings(self, **overrides) -> ode_jax.SolveSettings:
+        """The settings of the experiment's ODE solves, from its solver fields.
+
+        Fields named as in :class:`ode_jax.SolveSettings` (``solver``, ``rtol``, ``atol``,
+        ``max_steps``, ...) keep their name; ``adjoint`` (default "continuous") and the flag
+        ``seminorm`` (continuous adjoint only) give the adjoint. ``overrides`` replace
+        settings (e.g. ``adjoint="discrete"``).
+        """
+        names = _field_names(self)
+        if "solver" not in names:
+            raise TypeError(f"{type(self).__name__} has no solver fields")
+        kwargs = {name: getattr(self, name) for name in SOLVE_FIELDS if name in names}
+        adjoint = self.adjoint if "adjoint" in names else "continuous"
+        if adjoint == "continuous" and "seminorm" in names and self.seminorm:
+            adjoint = ode_jax.ContinuousAdjoint(seminorm=True)
+        return ode_jax.SolveSettings(**kwargs, adjoint=adjoint).replace(**overrides)
+
+
+def _field_names(cfg) -> set[str]:
+    return {f.name for f in dataclasses.fields(cfg)}
 
 
 def require(cfg, name: str, ok: bool, why: str):

@@ -51,8 +51,6 @@ class CNFConfig(TrainConfig):
         require(self, "depth", self.depth >= 1, "must be >= 1")
         require(self, "hyper_width", self.hyper_width >= 1, "must be >= 1")
         require(self, "t1", self.t1 > 0, "must be positive")
-        require(self, "rtol", self.rtol > 0, "must be positive")
-        require(self, "atol", self.atol > 0, "must be positive")
         require(self, "eval_samples", self.eval_samples >= 2, "must be >= 2")
         require(self, "grid_size", self.grid_size >= 2, "must be >= 2")
         require(self, "grid_lim", self.grid_lim > 0, "must be positive")

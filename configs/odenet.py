@@ -58,9 +58,6 @@ class ODENetConfig(TrainConfig):
         require(self, "crop_padding", self.crop_padding >= 0, "must be >= 0")
         require(self, "width", self.width >= 2 and self.width % 2 == 0, "must be even, >= 2")
         require(self, "res_blocks", self.res_blocks >= 1, "must be >= 1")
-        require(self, "rtol", self.rtol > 0, "must be positive")
-        require(self, "atol", self.atol > 0, "must be positive")
-        require(self, "max_steps", self.max_steps >= 1, "must be >= 1")
         require(self, "eval_batch", self.eval_batch >= 1, "must be >= 1")
 
 

@@ -84,10 +84,7 @@ def init_flow(cfg: CNFConfig, key):
         t1=cfg.t1,
         divergence=cfg.divergence,
         noise=cfg.noise,
-        solver=cfg.solver,
-        rtol=cfg.rtol,
-        atol=cfg.atol,
-        adjoint=cfg.adjoint,
+        settings=cfg.solve_settings(),
     )
 
 

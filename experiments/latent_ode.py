@@ -76,10 +76,6 @@ def datasets(cfg: LatentODEConfig):
     return tuple(out)
 
 
-def solver_kwargs(cfg: LatentODEConfig, probe=None) -> dict:
-    return dict(solver=cfg.solver, rtol=cfg.rtol, atol=cfg.atol, adjoint=cfg.adjoint, probe=probe)
-
-
 def observed(spirals, idx):
     """Observed values (S, n, 2) and times (S, n) of ``spirals`` at grid indices ``idx``."""
     x = np.take_along_axis(spirals.noisy, idx[..., None], axis=1)
@@ -91,7 +87,7 @@ def predict(models: Models, x_BND, t_BN, cfg: LatentODEConfig, ts_T) -> dict:
     or on the extrapolation part (RNNs): arrays (B, T or n_extrap, 2); plus the latent path."""
     lode = models.latent_ode
     mean, _ = lode.encode(x_BND, t_BN, ts_T[0])
-    z_TBL, _ = lode.trajectory(mean, ts_T, **solver_kwargs(cfg))
+    z_TBL, _ = lode.trajectory(mean, ts_T)
     out = {"latent_ode": jnp.swapaxes(lode.decode(z_TBL), 0, 1), "z": jnp.swapaxes(z_TBL, 0, 1)}
     future = ts_T[cfg.n_grid :]
     for name in MODELS[1:]:
@@ -149,6 +145,7 @@ def build(cfg: LatentODEConfig) -> common.Task:
             decoder_depth=cfg.decoder_depth,
             encoder=cfg.encoder,
             cell=cfg.cell,
+            settings=cfg.solve_settings(),
             key=k1,
         )
         rnn, rnn_gap = (
@@ -171,7 +168,7 @@ def build(cfg: LatentODEConfig) -> common.Task:
     def loss(models: Models, batch, key, probe):
         x, t, idx = batch["x"], batch["t"], batch["idx"]
         log_lik, kl, stats = latent_ode_elbo(
-            models.latent_ode, x, t, idx, grid, obs_logvar, key, **solver_kwargs(cfg, probe)
+            models.latent_ode, x, t, idx, grid, obs_logvar, key, probe=probe
         )
         points = cfg.n_obs * x.shape[-1]
         elbo = jnp.mean(log_lik - kl) / points

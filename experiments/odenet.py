@@ -165,16 +165,11 @@ def make_model(cfg: ODENetConfig, key) -> Classifier:
     if cfg.model == "resnet":
         body = tuple(ResBlock(cfg.width, key=k) for k in jax.random.split(kb, cfg.res_blocks))
     else:
-        settings = dict(
-            solver=cfg.solver,
-            rtol=cfg.rtol,
-            atol=cfg.atol,
-            adjoint="discrete" if cfg.model == "rknet" else "continuous",
-            max_steps=cfg.max_steps,
-            seminorm=cfg.seminorm,
-        )
+        settings = cfg.solve_settings()
+        if cfg.model == "rknet":  # the same block, differentiated through the solver's steps
+            settings = settings.replace(adjoint="discrete")
         field = ConvField(cfg.width, key=kb, impl=cfg.conv_impl)
-        body = ODEBlock(field, 1.0, **settings)
+        body = ODEBlock(field, 1.0, settings=settings)
     linear = eqx.nn.Linear(cfg.width, NUM_CLASSES, dtype=DTYPE, key=kl)
     return Classifier(Downsample(cfg.width, key=kd), body, _norm(cfg.width), linear)
 
@@ -251,7 +246,6 @@ def evaluate_split(model, images, labels, batch: int) -> dict:
 def build(cfg: ODENetConfig) -> common.Task:
     splits = load_splits(cfg)
     train_x, train_y = (jnp.asarray(a) for a in splits["train"])
-    best_dir = Path(cfg.out) / "best"
 
     def init_model(key):
         return make_model(cfg, key)
@@ -272,25 +266,14 @@ def build(cfg: ODENetConfig) -> common.Task:
         return cross_entropy(logits, batch["labels"]), {"nfe_fwd": stats["nfe"], "train_acc": acc}
 
     def evaluate(model):
-        # Model selection: keep the parameters with the lowest validation error so far.
         val = evaluate_split(model, *splits["val"], cfg.eval_batch)
-        best = _read_best(best_dir)
-        if best is None or val["error"] < best["val_error"]:
-            _save_model(best_dir, model, {"val_error": val["error"]})
         return {f"val_{k}": v for k, v in val.items()}
 
-    return common.Task(init_model, get_batch, loss, evaluate, curve_keys=("val_error",))
-
-
-def _read_best(folder: Path):
-    path = folder / "best.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _save_model(folder: Path, model, meta: dict):
-    folder.mkdir(parents=True, exist_ok=True)
-    eqx.tree_serialise_leaves(folder / "model.eqx", model)
-    (folder / "best.json").write_text(json.dumps(meta))  # written last: marks a complete save
+    # Model selection: the harness keeps the parameters with the lowest validation error so far
+    # in out/best/ (finish() tests that model).
+    return common.Task(
+        init_model, get_batch, loss, evaluate, curve_keys=("val_error",), select="val_error"
+    )
 
 
 def load_config(run) -> ODENetConfig:
@@ -304,7 +287,7 @@ def load_model(run, which: str = "best") -> tuple[Classifier, ODENetConfig]:
     run = Path(run)
     cfg = load_config(run)
     like = make_model(cfg, jax.random.key(0))
-    return eqx.tree_deserialise_leaves(run / which / "model.eqx", like), cfg
+    return eqx.tree_deserialise_leaves(run / which / common.checkpoint.BEST_MODEL, like), cfg
 
 
 # --- measurements -----------------------------------------------------------------------------

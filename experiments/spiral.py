@@ -56,17 +56,7 @@ def ground_truth(cfg: SpiralConfig):
 
 
 def solve(model, y0, ts, cfg: SpiralConfig, probe=None):
-    return ode_jax.odeint(
-        _call,
-        y0,
-        ts,
-        model,
-        solver=cfg.solver,
-        rtol=cfg.rtol,
-        atol=cfg.atol,
-        adjoint=cfg.adjoint,
-        probe=probe,
-    )
+    return cfg.solve_settings().odeint(_call, y0, ts, model, probe=probe)
 
 
 @eqx.filter_jit

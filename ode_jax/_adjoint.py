@@ -164,9 +164,7 @@ def positive_or_none(owner: str, name: str, value, *, integer=False, minimum=Non
         ok = isinstance(value, int) and not isinstance(value, bool)
         ok = ok and value >= (minimum or 1)
         if not ok:
-            raise ValueError(
-                f"{owner}: {name} must be an int >= {minimum or 1}, got {value!r}"
-            )
+            raise ValueError(f"{owner}: {name} must be an int >= {minimum or 1}, got {value!r}")
         return value
     try:
         v = float(value)

@@ -188,9 +188,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             carry, g_t_rev = jax.lax.scan(interval, carry, jnp.arange(n - 1, 0, -1))
             a_y, a_d, stats, result, _ = carry
             g_t0 = -tree_dot(a_y, vf(ts[0], y0, d))
-            g_ts = jnp.concatenate(
-                [g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)]
-            )
+            g_ts = jnp.concatenate([g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)])
             stats = stats + jnp.array([1, 0, 0, 0], stats.dtype)
         else:
             a_y, a_d, stats, result, _ = carry

@@ -36,7 +36,9 @@ def scaled_error(y0, y1, y_err, rtol, atol, norm) -> jax.Array:
     """
 
     def scale(e, a, b):
-        return (e + (b - b)) / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b)))
+        real = jnp.abs(b).dtype  # tolerances in the state's (real) precision
+        tol = atol.astype(real) + rtol.astype(real) * jnp.maximum(jnp.abs(a), jnp.abs(b))
+        return (e + (b - b)) / tol.astype(e.dtype)
 
     return norm(jax.tree.map(scale, y_err, y0, y1))
 
@@ -46,14 +48,25 @@ def initial_step(f, t0, y0, args, f0, order, rtol, atol, norm):
 
     Returns the proposed first step size (positive; integration runs forwards in time).
     """
-    scale = jax.tree.map(lambda y: atol + jnp.abs(y) * rtol, y0)
-    d0 = norm(jax.tree.map(lambda y, s: y / s, y0, scale))
-    d1 = norm(jax.tree.map(lambda g, s: g / s, f0, scale))
+    tdtype = jnp.result_type(t0)
+
+    def tol(y):
+        real = jnp.abs(y).dtype
+        return atol.astype(real) + jnp.abs(y) * rtol.astype(real)
+
+    scale = jax.tree.map(tol, y0)
+    d0 = norm(jax.tree.map(lambda y, s: y / s.astype(y.dtype), y0, scale)).astype(tdtype)
+    d1 = norm(jax.tree.map(lambda g, s: g / s.astype(g.dtype), f0, scale)).astype(tdtype)
     small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)).astype(t0.dtype)
+    h0 = jnp.where(small, 1e-6, 0.01 * d0 / jnp.where(small, 1.0, d1)).astype(tdtype)
     y1 = jax.tree.map(lambda y, g: y + h0.astype(y.dtype) * g, y0, f0)
     f1 = f(t0 + h0, y1, args)
-    d2 = norm(jax.tree.map(lambda a, b, s: (a - b) / s, f1, f0, scale)) / h0
+    d2 = (
+        norm(jax.tree.map(lambda a, b, s: (a - b) / s.astype(a.dtype), f1, f0, scale)).astype(
+            tdtype
+        )
+        / h0
+    )
     max_d = jnp.maximum(d1, d2)
     h1 = jnp.where(
         max_d <= 1e-15,

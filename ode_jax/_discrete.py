@@ -50,7 +50,9 @@ class DiscreteAdjoint(AbstractAdjoint):
     checkpoints: int | None = None
 
     def __post_init__(self):
-        positive_or_none("DiscreteAdjoint", "checkpoints", self.checkpoints, integer=True, minimum=2)
+        positive_or_none(
+            "DiscreteAdjoint", "checkpoints", self.checkpoints, integer=True, minimum=2
+        )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
         vf, diff = split_field(f, y0, ts, args)
@@ -163,9 +165,7 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
             local = jax.tree.map(lambda buf, v: buf.at[m].set(v), local, (y1, saved1))
             return m + 1, local, nfe + k
 
-        _, local, nfe = jax.lax.while_loop(
-            lambda c: c[0] < end - start, recompute, (1, local, nfe)
-        )
+        _, local, nfe = jax.lax.while_loop(lambda c: c[0] < end - start, recompute, (1, local, nfe))
 
         def walk(c):
             n, a_y, a_d, g_ts, oi, nfe = c

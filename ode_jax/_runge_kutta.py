@@ -283,8 +283,12 @@ class RungeKutta(AbstractSolver):
         a_mat, b_vec, c_vec = stage_matrices(self, jnp.result_type(t, dt))
         ks = _stack(dense_info[1])
         ct_y0, ct_ks, _ = ct_dense
-        ct_ks = _stack([jax.tree.map(jnp.zeros_like, k) if c is None else c for c, k in
-                        zip(ct_ks, dense_info[1])])
+        ct_ks = _stack(
+            [
+                jax.tree.map(jnp.zeros_like, k) if c is None else c
+                for c, k in zip(ct_ks, dense_info[1])
+            ]
+        )
         ct_ks = _add_outer(ct_ks, dt * b_vec, ct_y1)  # y1 = y + dt * sum_i b_i k_i
 
         def body(r, carry):

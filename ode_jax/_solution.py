@@ -26,8 +26,7 @@ class RESULTS:
         "the state or the error estimate became non-finite (NaN/inf) and shrinking the step "
         "did not help",
         "y0 contains NaN or inf: the initial state must be finite",
-        "args contains NaN or inf (a parameter or other float array passed to f is not "
-        "finite)",
+        "args contains NaN or inf (a parameter or other float array passed to f is not finite)",
     )
 
     @classmethod

@@ -8,7 +8,6 @@ FSAL stage, a Jacobian and its LU factors, a second reversible state, ...).
 Integration always runs forwards in time inside the loop: ``dt > 0``.
 """
 
-
 import abc
 from typing import Any
 

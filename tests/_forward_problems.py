@@ -39,7 +39,7 @@ PROBLEMS = {
     "logistic": (lambda t, y, args: y * (1 - y), np.array(0.1), 0.0, 8.0, _logistic_exact),
     "ycos": (lambda t, y, args: y * jnp.cos(t), np.array(1.5), 0.0, 6.0, _ycos_exact),
     "linear": (
-        lambda t, y, args: jnp.asarray(A_LINEAR) @ y,
+        lambda t, y, args: jnp.asarray(A_LINEAR, y.dtype) @ y,
         np.array([1.0, 0.0, 0.5]),
         0.0,
         5.0,

@@ -269,7 +269,10 @@ def test_continuous_adjoint_memory_flat_in_number_of_steps():
 def test_backward_failure_raises_with_clear_message():
     def loss(y0):
         sol = ode_jax.odeint(
-            lambda t, y, _: -y, y0, jnp.array([0.0, 5.0]), rtol=1e-8,
+            lambda t, y, _: -y,
+            y0,
+            jnp.array([0.0, 5.0]),
+            rtol=1e-8,
             adjoint=ode_jax.ContinuousAdjoint(max_steps=2),
         )
         return jnp.sum(sol.ys[-1])

@@ -6,17 +6,22 @@ and the name of the state file). Each file is written to a temporary name and mo
 with ``os.replace``; ``checkpoint.json`` is written last, so a run killed at any moment leaves
 the previous complete checkpoint. Loading reads arrays into a freshly built tree of the same
 structure: nothing is unpickled or executed.
+
+The best model so far (model selection) is kept the same way in its own folder:
+``model.eqx`` plus ``best.json``, written last.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import equinox as eqx
 
 META = "checkpoint.json"
+BEST_MODEL, BEST_META = "model.eqx", "best.json"
 
 
 def _atomic_write(path: Path, write):
@@ -53,3 +58,22 @@ def load(folder, like):
     meta = json.loads((folder / META).read_text())
     tree = eqx.tree_deserialise_leaves(folder / meta["state_file"], like)
     return tree, meta
+
+
+def save_best(folder, model, meta: dict):
+    """Write ``model`` and ``meta`` (JSON-able) as the best model so far."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_write(folder / BEST_MODEL, lambda f: eqx.tree_serialise_leaves(f, model))
+    _atomic_write(folder / BEST_META, lambda f: f.write(json.dumps(meta).encode()))
+
+
+def read_best(folder) -> dict | None:
+    """The ``meta`` of the best model in ``folder``, or None if there is none."""
+    path = Path(folder) / BEST_META
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def clear_best(folder):
+    """Remove the best model of an earlier run (a run starting from scratch)."""
+    shutil.rmtree(folder, ignore_errors=True)

@@ -37,6 +37,8 @@ class Task:
             scalars to log, by convention including ``"nfe_fwd"``.
         evaluate: ``model -> dict`` of floats, run every ``eval_every`` steps and at the end.
         curve_keys: keys of ``evaluate``'s output drawn on the training curve.
+        select: a key of ``evaluate``'s output to minimise (model selection): the model with
+            the lowest value so far is kept in ``out/best/`` (see :func:`train`).
     """
 
     init_model: Callable
@@ -44,6 +46,7 @@ class Task:
     loss: Callable
     evaluate: Callable
     curve_keys: tuple = ()
+    select: str | None = None
 
 
 @dataclasses.dataclass
@@ -162,6 +165,11 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     replays exactly the steps an uninterrupted one takes. ``stop_after`` stops after that
     many steps of this call, without a final checkpoint (a simulated kill, for tests), and
     returns None.
+
+    With ``task.select``, every evaluation that lowers ``evaluate()[task.select]`` saves the
+    model to ``cfg.out/best`` (:func:`checkpoint.save_best`, ``best.json`` holding the step
+    and the value). A run that starts from scratch (no checkpoint, or ``cfg.fresh``) first
+    removes the best model of an earlier run there; a resumed one keeps it.
     """
     out = Path(cfg.out)
     mesh = parallel.make_mesh(cfg.num_devices)
@@ -175,13 +183,15 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     start, history, evals, pending = 0, [], [], []
     timing = dict(train_seconds=0.0, first_step_seconds=0.0, eval_seconds=0.0)
 
-    ckpt_dir = out / "checkpoint"
+    ckpt_dir, best_dir = out / "checkpoint", out / "best"
     loaded = None if cfg.fresh else checkpoint.load(ckpt_dir, (model, opt_state))
     if loaded is not None:
         (model, opt_state), meta = loaded
         _check_resumable(meta["config"], cfg)
         start, history, evals, timing = meta["step"], meta["history"], meta["evals"], meta["timing"]
         pending = meta["pending"]  # metrics of steps since the last log row
+    else:
+        checkpoint.clear_best(best_dir)  # an earlier run's: never to be scored as this one's
     model, opt_state = parallel.replicate((model, opt_state), mesh)
     step_fn = make_train_step(task.loss, optimizer, mesh)
 
@@ -216,6 +226,8 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
             t_eval = time.perf_counter()
             results = {k: float(v) for k, v in task.evaluate(model).items()}
             evals.append(dict(step=step, **results))
+            if task.select is not None:
+                _keep_if_best(best_dir, model, step, task.select, results)
             timing["eval_seconds"] += time.perf_counter() - t_eval
             bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
         if ck:
@@ -230,6 +242,14 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
             return None
     bar.close()
     return TrainResult(model=model, history=history, evals=evals, timing=timing)
+
+
+def _keep_if_best(folder: Path, model, step: int, key: str, results: dict):
+    if key not in results:
+        raise KeyError(f"Task.select={key!r} is not a key of evaluate()'s output {list(results)}")
+    best = checkpoint.read_best(folder)
+    if best is None or results[key] < best[key]:
+        checkpoint.save_best(folder, model, {"step": step, key: results[key]})
 
 
 def _postfix(row: dict) -> dict:

@@ -8,7 +8,8 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
-from .._odeint import odeint
+from .._settings import SolveSettings
+from ._solve import solve_with
 
 
 def _call_field(t, y, field):
@@ -22,27 +23,20 @@ class ODEBlock(eqx.Module):
         field: the vector field, any callable module ``field(t, y) -> dy/dt`` (e.g.
             :class:`MLPField`, or a stack of ``ConcatConv2d``); its arrays are the parameters.
         t1, t0: integration interval.
-        solver, rtol, atol, adjoint, max_steps, adjoint_rtol, adjoint_atol, seminorm: passed to
-            :func:`ode_jax.odeint`.
+        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...).
 
-    ``block(y0)`` returns ``y1``. ``block.solve(y0, probe)`` returns ``(y1, stats)`` where
-    ``stats`` is the forward pass's ``{"nfe", "num_steps", ...}``; pass a probe from
-    :func:`ode_jax.make_probe` and differentiate w.r.t. it too to read the backward pass's
-    statistics (:func:`ode_jax.probe_stats`). The state is solved as one ODE, so a batch
-    ``y0`` of shape ``(N, ...)`` shares one step-size sequence (as in torchdiffeq).
+    ``block(y0)`` returns ``y1``. ``block.solve(y0, probe, **overrides)`` returns
+    ``(y1, stats)`` where ``stats`` is the forward pass's ``{"nfe", "num_steps", ...}``;
+    ``overrides`` replace settings for that call (e.g. ``rtol=1e-5``; traced values allowed).
+    Pass a probe from :func:`ode_jax.make_probe` and differentiate w.r.t. it too to read the
+    backward pass's statistics (:func:`ode_jax.probe_stats`). The state is solved as one ODE,
+    so a batch ``y0`` of shape ``(N, ...)`` shares one step-size sequence (as in torchdiffeq).
     """
 
     field: Callable
     t0: float = eqx.field(static=True)
     t1: float = eqx.field(static=True)
-    solver: str = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    adjoint: str = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    adjoint_rtol: float | None = eqx.field(static=True)
-    adjoint_atol: float | None = eqx.field(static=True)
-    seminorm: bool = eqx.field(static=True)
+    settings: SolveSettings = eqx.field(static=True)
 
     def __init__(
         self,
@@ -50,42 +44,21 @@ class ODEBlock(eqx.Module):
         t1: float = 1.0,
         *,
         t0: float = 0.0,
-        solver: str = "dopri5",
-        rtol: float = 1e-3,
-        atol: float = 1e-3,
-        adjoint: str = "continuous",
-        max_steps: int = 4096,
-        adjoint_rtol: float | None = None,
-        adjoint_atol: float | None = None,
-        seminorm: bool = False,
+        settings: SolveSettings = SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3),
     ):
         if not t1 > t0:
             raise ValueError(f"ODEBlock needs t1 > t0, got t0={t0}, t1={t1}")
+        if not isinstance(settings, SolveSettings):
+            raise TypeError(f"settings must be an ode_jax.SolveSettings, got {settings!r}")
         self.field = field
         self.t0, self.t1 = float(t0), float(t1)
-        self.solver, self.adjoint = solver, adjoint
-        self.rtol, self.atol = float(rtol), float(atol)
-        self.max_steps = int(max_steps)
-        self.adjoint_rtol, self.adjoint_atol = adjoint_rtol, adjoint_atol
-        self.seminorm = bool(seminorm)
+        self.settings = settings
 
-    def solve(self, y0, probe=None):
+    def solve(self, y0, probe=None, **overrides):
         """Returns ``(y1, stats)``; ``stats`` as in :class:`ode_jax.Solution`."""
         ts = np.asarray([self.t0, self.t1], jnp.result_type(y0))  # numpy: known when traced
-        sol = odeint(
-            _call_field,
-            y0,
-            ts,
-            self.field,
-            solver=self.solver,
-            rtol=self.rtol,
-            atol=self.atol,
-            adjoint=self.adjoint,
-            max_steps=self.max_steps,
-            adjoint_rtol=self.adjoint_rtol,
-            adjoint_atol=self.adjoint_atol,
-            seminorm=self.seminorm,
-            probe=probe,
+        sol = solve_with(
+            self.settings, _call_field, y0, ts, self.field, probe=probe, overrides=overrides
         )
         return sol.ys[-1], sol.stats
 

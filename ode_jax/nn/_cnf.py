@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._odeint import odeint
+from .._settings import SolveSettings
 from ._planar import standard_normal_log_prob
+from ._solve import solve_with
 
 DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("gaussian", "rademacher")
@@ -145,9 +146,10 @@ class CNF(eqx.Module):
         t0, t1: the integration interval, ``t0 < t1``.
         divergence: "exact" or "hutchinson" (the default of every method; each can override).
         noise: Hutchinson probes, "gaussian" or "rademacher".
-        solver, rtol, atol, adjoint, max_steps: passed to :func:`ode_jax.odeint`.
+        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...).
 
-    Every method takes a batch ``(..., d)`` and returns the solver statistics last.
+    Every method takes a batch ``(..., d)`` and returns the solver statistics last; its
+    ``overrides`` replace settings for that call (e.g. ``rtol=1e-7``; traced values allowed).
     """
 
     field: eqx.Module
@@ -155,11 +157,7 @@ class CNF(eqx.Module):
     t1: float = eqx.field(static=True)
     divergence: str = eqx.field(static=True)
     noise: str = eqx.field(static=True)
-    solver: str = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    adjoint: str = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
+    settings: SolveSettings = eqx.field(static=True)
 
     def __init__(
         self,
@@ -169,11 +167,7 @@ class CNF(eqx.Module):
         t1: float = 1.0,
         divergence: Literal["exact", "hutchinson"] = "exact",
         noise: Literal["gaussian", "rademacher"] = "gaussian",
-        solver: str = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        adjoint: Literal["continuous", "discrete"] = "continuous",
-        max_steps: int = 4096,
+        settings: SolveSettings = SolveSettings(solver="dopri5", rtol=1e-5, atol=1e-5),
     ):
         if not callable(field):
             raise TypeError(f"field must be callable field(t, z), got {type(field).__name__}")
@@ -183,12 +177,13 @@ class CNF(eqx.Module):
             raise ValueError(f"divergence={divergence!r} is not one of {DIVERGENCES}")
         if noise not in NOISES:
             raise ValueError(f"noise={noise!r} is not one of {NOISES}")
+        if not isinstance(settings, SolveSettings):
+            raise TypeError(f"settings must be an ode_jax.SolveSettings, got {settings!r}")
         self.field = field
         self.t0, self.t1 = float(t0), float(t1)
-        self.divergence, self.noise, self.solver = divergence, noise, solver
-        self.rtol, self.atol, self.adjoint, self.max_steps = rtol, atol, adjoint, max_steps
+        self.divergence, self.noise, self.settings = divergence, noise, settings
 
-    def _solve(self, state0, ts, kind, key, probe):
+    def _solve(self, state0, ts, kind, key, probe, overrides):
         kind = kind or self.divergence
         if kind not in DIVERGENCES:
             raise ValueError(f"divergence={kind!r} is not one of {DIVERGENCES}")
@@ -199,18 +194,8 @@ class CNF(eqx.Module):
             f, args = _augmented_hutchinson, (self.field, eps)
         else:
             f, args = _augmented_exact, self.field
-        sol = odeint(f, state0, ts, args, **self._solver_kwargs(probe))
+        sol = solve_with(self.settings, f, state0, ts, args, probe=probe, overrides=overrides)
         return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats
-
-    def _solver_kwargs(self, probe):
-        return dict(
-            solver=self.solver,
-            rtol=self.rtol,
-            atol=self.atol,
-            adjoint=self.adjoint,
-            max_steps=self.max_steps,
-            probe=probe,
-        )
 
     def _check(self, arr, name):
         arr = jnp.asarray(arr)
@@ -218,7 +203,7 @@ class CNF(eqx.Module):
             raise ValueError(f"{name} must be a float array of shape (..., d), got {arr.shape}")
         return arr
 
-    def to_base(self, x, *, key=None, divergence=None, probe=None):
+    def to_base(self, x, *, key=None, divergence=None, probe=None, **overrides):
         """``(z, log p(x), stats)``: solve ``[x, 0]`` from ``t0`` to ``t1``.
 
         ``z`` has the shape of ``x``, ``log p(x)`` shape ``x.shape[:-1]``. ``key`` draws the
@@ -227,27 +212,28 @@ class CNF(eqx.Module):
         x = self._check(x, "x")
         ts = np.array([self.t0, self.t1], x.dtype)
         state0 = (x, jnp.zeros(x.shape[:-1], x.dtype))
-        (z, delta), stats = self._solve(state0, ts, divergence, key, probe)
+        (z, delta), stats = self._solve(state0, ts, divergence, key, probe, overrides)
         return z, standard_normal_log_prob(z) - delta, stats
 
-    def log_prob(self, x, *, key=None, divergence=None, probe=None):
+    def log_prob(self, x, *, key=None, divergence=None, probe=None, **overrides):
         """``(log p(x), stats)``; see :meth:`to_base`."""
-        _, logp, stats = self.to_base(x, key=key, divergence=divergence, probe=probe)
+        _, logp, stats = self.to_base(x, key=key, divergence=divergence, probe=probe, **overrides)
         return logp, stats
 
-    def sample_with_log_prob(self, z, *, key=None, divergence=None, probe=None):
+    def sample_with_log_prob(self, z, *, key=None, divergence=None, probe=None, **overrides):
         """``(x, log p(x), stats)`` for base samples ``z``: solve from ``t1`` back to ``t0``."""
         z = self._check(z, "z")
         ts = np.array([self.t1, self.t0], z.dtype)
         state0 = (z, standard_normal_log_prob(z))
-        (x, logp), stats = self._solve(state0, ts, divergence, key, probe)
+        (x, logp), stats = self._solve(state0, ts, divergence, key, probe, overrides)
         return x, logp, stats
 
-    def transport(self, y, ts):
-        """The states ``z(ts)`` (len(ts), ..., d) starting from ``z(ts[0]) = y``.
+    def transport(self, y, ts, *, probe=None, **overrides):
+        """The states ``z(ts)`` (len(ts), ..., d) starting from ``z(ts[0]) = y``, and stats.
 
         E.g. ``ts = linspace(t1, t0, n)`` moves base samples to the data over time.
         """
         y = self._check(y, "y")
-        sol = odeint(_plain, y, np.asarray(ts, y.dtype), self.field, **self._solver_kwargs(None))
+        ts = np.asarray(ts, y.dtype)
+        sol = solve_with(self.settings, _plain, y, ts, self.field, probe=probe, overrides=overrides)
         return sol.ys, sol.stats

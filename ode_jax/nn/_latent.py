@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._odeint import odeint
+from .._settings import SolveSettings
 from ._linear import _apply
 from ._mlp import MLPField
+from ._solve import solve_with
 
 
 def _call_field(t, y, field):
@@ -49,22 +50,30 @@ def gaussian_log_density(x, mean, logvar):
     return -0.5 * (jnp.log(2 * jnp.pi) + logvar + (x - mean) ** 2 * jnp.exp(-logvar))
 
 
-def solve_on_union(field: Callable, z0_BL, ts_T, **odeint_kwargs):
+def solve_on_union(
+    field: Callable, z0_BL, ts_T, settings: SolveSettings | None = None, *, probe=None, **overrides
+):
     """``z`` at every time of ``ts_T`` for every row of ``z0_BL``: ``(z_TBL, stats)``.
 
     The batch is one ODE state, so the rows share one step-size sequence; the dynamics act
     row-wise (``field`` maps ``(B, L) -> (B, L)``), so each row is its own trajectory.
+    ``settings`` (default ``SolveSettings()``) with ``overrides`` replacing fields.
     """
-    sol = odeint(_call_field, z0_BL, ts_T, field, **odeint_kwargs)
+    settings = SolveSettings() if settings is None else settings
+    sol = solve_with(settings, _call_field, z0_BL, ts_T, field, probe=probe, overrides=overrides)
     return sol.ys, sol.stats
 
 
-def solve_per_sequence(field: Callable, z0_BL, ts_BN, **odeint_kwargs):
+def solve_per_sequence(
+    field: Callable, z0_BL, ts_BN, settings: SolveSettings | None = None, *, probe=None, **overrides
+):
     """``z`` of row ``b`` at its own times ``ts_BN[b]`` (each starting at ``ts_BN[b, 0]``):
-    ``(z_BNL, stats)`` via ``vmap`` of ``odeint`` (each row keeps its own step sizes)."""
+    ``(z_BNL, stats)`` via ``vmap`` of ``odeint`` (each row keeps its own step sizes).
+    ``settings`` and ``overrides`` as in :func:`solve_on_union`."""
+    settings = SolveSettings() if settings is None else settings
 
     def one(z0, ts):
-        sol = odeint(_call_field, z0, ts, field, **odeint_kwargs)
+        sol = solve_with(settings, _call_field, z0, ts, field, probe=probe, overrides=overrides)
         return sol.ys, sol.stats
 
     return jax.vmap(one)(z0_BL, ts_BN)
@@ -123,20 +132,30 @@ class ODERNNEncoder(eqx.Module):
     follows ``dh/dt = g(h)``; at each observation a GRU update. ``enc(x_ND, t_N, t0)``.
 
     Each gap is solved on ``s in [0, 1]`` as ``dh/ds = -gap * g(h)``, so every solve has the
-    same (concrete) times and only the gap is data.
+    same (concrete) times and only the gap is data. ``settings`` solve each gap (default: four
+    RK4 steps).
     """
 
     cell: eqx.nn.GRUCell
     dynamics: MLPField
     readout: eqx.nn.Linear
-    odeint_kwargs: tuple = eqx.field(static=True)  # (name, value) pairs: hashable
+    settings: SolveSettings = eqx.field(static=True)
 
-    def __init__(self, obs_size, hidden_size, latent_size, *, field_width=20, key, **odeint_kw):
+    def __init__(
+        self,
+        obs_size,
+        hidden_size,
+        latent_size,
+        *,
+        field_width=20,
+        settings: SolveSettings = SolveSettings(solver="rk4", dt0=0.25),
+        key,
+    ):
         k1, k2, k3 = jax.random.split(key, 3)
         self.cell = eqx.nn.GRUCell(obs_size, hidden_size, key=k1)
         self.dynamics = MLPField(hidden_size, field_width, 1, key=k2)
         self.readout = eqx.nn.Linear(hidden_size, 2 * latent_size, key=k3)
-        self.odeint_kwargs = tuple(sorted((odeint_kw or dict(solver="rk4", dt0=0.25)).items()))
+        self.settings = settings
 
     def _evolve(self, h, gap):
         def f(s, h, args):
@@ -144,7 +163,7 @@ class ODERNNEncoder(eqx.Module):
             return -gap * dynamics(s, h)
 
         ts = np.array([0.0, 1.0], h.dtype)  # numpy: known at trace time under jit
-        return odeint(f, h, ts, (self.dynamics, gap), **dict(self.odeint_kwargs)).ys[-1]
+        return self.settings.odeint(f, h, ts, (self.dynamics, gap)).ys[-1]
 
     def __call__(self, x_ND, t_N, t0):
         gaps = _gaps_back_to(t_N, t0)  # gaps[i]: from t_i back to the previous time
@@ -170,11 +189,13 @@ class LatentODE(eqx.Module):
             uses 2 for the dynamics).
         encoder: "rnn" (:class:`RecognitionRNN`, the paper) or "odernn" (:class:`ODERNNEncoder`).
         cell: the recognition RNN's cell.
+        settings: how the latent trajectories are solved (:class:`ode_jax.SolveSettings`).
     """
 
     encoder: eqx.Module
     field: MLPField
     decoder: MLPField
+    settings: SolveSettings = eqx.field(static=True)
 
     def __init__(
         self,
@@ -188,8 +209,12 @@ class LatentODE(eqx.Module):
         decoder_depth=1,
         encoder: Literal["rnn", "odernn"] = "rnn",
         cell: Literal["gru", "tanh"] = "gru",
+        settings: SolveSettings = SolveSettings(),
         key,
     ):
+        if not isinstance(settings, SolveSettings):
+            raise TypeError(f"settings must be an ode_jax.SolveSettings, got {settings!r}")
+        self.settings = settings
         k1, k2, k3 = jax.random.split(key, 3)
         if encoder == "rnn":
             self.encoder = RecognitionRNN(obs_size, rnn_hidden, latent_size, cell=cell, key=k1)
@@ -207,28 +232,32 @@ class LatentODE(eqx.Module):
         """``(mean_BL, logvar_BL)`` of ``q(z(t0) | x)``."""
         return jax.vmap(self.encoder, in_axes=(0, 0, None))(x_BND, t_BN, t0)
 
-    def trajectory(self, z0_BL, ts_T, **odeint_kwargs):
-        """``(z_TBL, stats)``: the latent paths from ``z(ts_T[0]) = z0_BL``."""
-        return solve_on_union(self.field, z0_BL, ts_T, **odeint_kwargs)
+    def trajectory(self, z0_BL, ts_T, *, probe=None, **overrides):
+        """``(z_TBL, stats)``: the latent paths from ``z(ts_T[0]) = z0_BL``, solved with the
+        model's settings (``overrides`` replace fields for this call)."""
+        return solve_on_union(self.field, z0_BL, ts_T, self.settings, probe=probe, **overrides)
 
     def decode(self, z):
         """Mean of ``p(x | z)``, any leading axes: ``(..., L) -> (..., D)``."""
         return self.decoder(0.0, z)
 
 
-def latent_ode_elbo(model: LatentODE, x_BND, t_BN, idx_BN, grid_T, obs_logvar, key, **kw):
+def latent_ode_elbo(
+    model: LatentODE, x_BND, t_BN, idx_BN, grid_T, obs_logvar, key, *, probe=None, **overrides
+):
     """Per-sequence ELBO terms with one reparameterised sample of ``z0``.
 
     Observations ``x_BND`` at times ``t_BN = grid_T[idx_BN]``; ``z0`` lives at ``grid_T[0]``.
     The batch is solved once on ``grid_T`` (the union of all times); each sequence's
-    likelihood sums over its own grid points (the mask of ``idx_BN``).
+    likelihood sums over its own grid points (the mask of ``idx_BN``). ``probe`` and
+    ``overrides`` go to :meth:`LatentODE.trajectory`.
 
     Returns ``(log_lik_B, kl_B, stats)``.
     """
     mean, logvar = model.encode(x_BND, t_BN, grid_T[0])
     eps = jax.random.normal(key, mean.shape, mean.dtype)
     z0 = mean + jnp.exp(0.5 * logvar) * eps
-    z_TBL, stats = model.trajectory(z0, grid_T, **kw)
+    z_TBL, stats = model.trajectory(z0, grid_T, probe=probe, **overrides)
     pred_BTD = jnp.swapaxes(model.decode(z_TBL), 0, 1)
     # Scatter observations onto the grid, and a mask of where they are.
     rows = jnp.arange(x_BND.shape[0])[:, None]
