@@ -8,9 +8,9 @@ from ._control import PIDController as PIDController
 from ._control import rms_norm as rms_norm
 from ._discrete import DiscreteAdjoint as DiscreteAdjoint
 from ._odeint import odeint as odeint
+from ._settings import SolveSettings as SolveSettings
 from ._solution import RESULTS as RESULTS
 from ._solution import Solution as Solution
-from ._settings import SolveSettings as SolveSettings
 from ._solver import AbstractSolver as AbstractSolver
 from ._solvers import SOLVERS as SOLVERS
 from ._solvers import RungeKutta as RungeKutta

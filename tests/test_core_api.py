@@ -229,7 +229,7 @@ def test_strict_promotion_is_on_in_this_suite():
     # conftest runs everything under the strictest numpy semantics JAX offers.
     assert jax.config.jax_numpy_dtype_promotion == "strict"
     assert jax.config.jax_numpy_rank_promotion == "raise"
-    with pytest.raises(Exception):
+    with pytest.raises(jax.dtypes.TypePromotionError):
         jnp.ones(2, jnp.int32) + jnp.ones(2, jnp.int64)
 
 
