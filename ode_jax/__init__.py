@@ -8,6 +8,8 @@ from ._control import PIDController as PIDController
 from ._control import rms_norm as rms_norm
 from ._discrete import DiscreteAdjoint as DiscreteAdjoint
 from ._odeint import odeint as odeint
+from ._reversible import ReversibleAdjoint as ReversibleAdjoint
+from ._reversible import reversible as reversible
 from ._settings import SolveSettings as SolveSettings
 from ._solution import RESULTS as RESULTS
 from ._solution import Solution as Solution

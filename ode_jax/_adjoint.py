@@ -5,10 +5,11 @@ it runs the forward solve (the stepping loop of :mod:`ode_jax._loop`) under a ``
 whose backward rule is the adjoint's own. The concrete ones live in their own modules
 (``_continuous.py``, ``_discrete.py``) and register a string shorthand here.
 
-Backward statistics: every solve takes a float array ``probe`` of shape (4,) whose cotangent is
-set to the backward pass's [nfe, num_steps, num_accepted, num_rejected]. Differentiating with
-respect to a zero probe therefore reads the statistics out of the gradient: it works under
-jit/vmap with no host callbacks, and sums over every solve the probe is passed to.
+Backward statistics: every solve takes a float array ``probe`` (from :func:`make_probe`) whose
+cotangent is set to the backward pass's statistics, in the order of :data:`PROBE_KEYS`.
+Differentiating with respect to a zero probe therefore reads the statistics out of the gradient:
+it works under jit/vmap with no host callbacks, and counts add up over every solve the probe is
+passed to. A probe of shape (4,) (earlier versions) gets the first four.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ from ._loop import Recorder, Tolerances, integrate
 from ._solver import AbstractSolver
 
 STAT_KEYS = ("nfe", "num_steps", "num_accepted", "num_rejected")
+# The backward probe: the counts above, Jacobian evaluations and LU factorisations (implicit
+# solvers), and the largest error of a state the backward pass reconstructed (max abs, over
+# every output time it restarts from; 0 when nothing was reconstructed).
+PROBE_KEYS = STAT_KEYS + ("num_jacobians", "num_lu", "reconstruction_error")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,16 +45,24 @@ class LoopOptions:
 
 def make_probe(dtype=None) -> jax.Array:
     """A zero probe; the gradient of a loss w.r.t. it holds the backward-pass statistics."""
-    return jnp.zeros((4,), dtype or jnp.result_type(float))
+    return jnp.zeros((len(PROBE_KEYS),), dtype or jnp.result_type(float))
 
 
 def probe_stats(probe_grad) -> dict:
-    """Turn a probe's gradient into {"nfe", "num_steps", "num_accepted", "num_rejected"}."""
-    return {k: jnp.round(probe_grad[..., i]).astype(jnp.int32) for i, k in enumerate(STAT_KEYS)}
+    """Turn a probe's gradient into a dict keyed by :data:`PROBE_KEYS`: integer counts, and
+    the float "reconstruction_error"."""
+    out = {}
+    for i, k in enumerate(PROBE_KEYS[: probe_grad.shape[-1]]):
+        v = probe_grad[..., i]
+        out[k] = v if k == "reconstruction_error" else jnp.round(v).astype(jnp.int32)
+    return out
 
 
-def stats_vector(stats, dtype):
-    return jnp.stack([jnp.asarray(stats[k]).astype(dtype) for k in STAT_KEYS])
+def stats_vector(stats, like):
+    """The entries of ``stats`` (a dict; missing keys count 0) as a vector shaped like the
+    probe ``like``."""
+    keys = PROBE_KEYS[: like.shape[0]]
+    return jnp.stack([jnp.asarray(stats.get(k, 0)).astype(like.dtype) for k in keys])
 
 
 def tree_dot(a, b):

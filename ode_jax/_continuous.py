@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from ._adjoint import (
+    PROBE_KEYS,
     AbstractAdjoint,
     LoopOptions,
     positive_or_none,
@@ -149,7 +150,7 @@ class ContinuousAdjoint(AbstractAdjoint):
         adj_rtol, adj_atol = adj_tols
 
         def interval(carry, i):
-            a_y, a_d, stats, result, dt = carry
+            a_y, a_d, stats, result, dt, recon = carry
             y_i, g_i = tree_take(ys, i), tree_take(g_ys, i)
             a_y = tree_add(a_y, g_i)
             g_t = tree_dot(g_i, vf(ts[i], y_i, d))
@@ -171,11 +172,12 @@ class ContinuousAdjoint(AbstractAdjoint):
                 jnp.zeros_like(probe),
                 backward_options,
             )
-            _, a_y, a_d = unpack(tree_take(ys_b, -1))
-            extra = jnp.array([1, 0, 0, 0], stats.dtype)
-            stats = stats + stats_vector(stats_b, stats.dtype) + extra
+            y_back, a_y, a_d = unpack(tree_take(ys_b, -1))
+            stats = stats + stats_vector({**stats_b, "nfe": stats_b["nfe"] + 1}, stats)
             result = jnp.maximum(result, result_b)
-            return (a_y, a_d, stats, result, _usable_dt(dt_next, ts, i)), g_t
+            err = _max_abs_diff(y_back, tree_take(ys, i - 1)).astype(recon.dtype)
+            recon = jnp.maximum(recon, jax.lax.stop_gradient(err))
+            return (a_y, a_d, stats, result, _usable_dt(dt_next, ts, i), recon), g_t
 
         carry = (
             tree_zeros_like(y0),
@@ -183,19 +185,35 @@ class ContinuousAdjoint(AbstractAdjoint):
             jnp.zeros_like(probe),
             jnp.asarray(0, jnp.int32),
             _usable_dt(dt_forward, ts, n - 1) if n > 1 else jnp.zeros((), ts.dtype),
+            jnp.zeros((), probe.dtype),
         )
         if n > 1:
             carry, g_t_rev = jax.lax.scan(interval, carry, jnp.arange(n - 1, 0, -1))
-            a_y, a_d, stats, result, _ = carry
+            a_y, a_d, stats, result, _, recon = carry
             g_t0 = -tree_dot(a_y, vf(ts[0], y0, d))
             g_ts = jnp.concatenate([g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)])
-            stats = stats + jnp.array([1, 0, 0, 0], stats.dtype)
+            stats = stats + stats_vector({"nfe": 1}, stats)
         else:
-            a_y, a_d, stats, result, _ = carry
+            a_y, a_d, stats, result, _, recon = carry
             g_ts = jnp.zeros_like(ts)
+        stats = _with_reconstruction(stats, recon)
         a_y = tree_add(a_y, tree_take(g_ys, 0))
         a_y = raise_if_failed(a_y, result, prefix="ode_jax backward (adjoint) solve")
         return a_y, g_ts, a_d, tree_zeros_like(tols), tree_zeros_like(adj_tols), stats
+
+
+def _max_abs_diff(a, b):
+    return jnp.max(
+        jnp.stack([jnp.max(jnp.abs(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
+    )
+
+
+def _with_reconstruction(stats, recon):
+    """Write the reconstruction error into its slot of the probe cotangent (if it has one)."""
+    i = PROBE_KEYS.index("reconstruction_error")
+    if stats.shape[0] <= i:
+        return stats
+    return stats.at[i].set(recon.astype(stats.dtype))
 
 
 def _usable_dt(dt, ts, i):

@@ -22,6 +22,7 @@ from ._adjoint import (
     register_adjoint,
     run_loop,
     split_field,
+    stats_vector,
     tree_add,
     tree_take,
     tree_zeros_like,
@@ -134,6 +135,57 @@ class StepRecorder(Recorder):
         return {**aux, "out_step": aux["out_step"].at[index].set(step)}
 
 
+def _has_output(out_step, oi, n):
+    """Whether output ``oi`` (walked from the last down) was written from accepted step n."""
+    return (oi >= 1) & (out_step[jnp.maximum(oi, 0)] == n)
+
+
+def pull_back_step(solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n, carry):
+    """Pull the cotangents of accepted step n (from (t_n, y_n, saved_n), size dt_n) and of the
+    outputs written from it back to the step's start.
+
+    ``carry``: ``(a_y, a_saved, a_d, g_ts, oi, nfe)``, the cotangents of the step's end state,
+    of the parameters, of ts, the next output to pull back (walking down), and the count of
+    evaluations. Shared by every adjoint that walks the steps backwards.
+    """
+    a_y, a_saved, a_d, g_ts, oi, nfe = carry
+    with_dense = _has_output(out_step, oi, n)
+    _, info, _, k1 = solver.recompute(vf, t_n, y_n, dt_n, d, saved_n, with_dense)
+
+    def out_body(c):
+        # Output oi = interpolate(info, theta), theta = (ts[oi] - t_n) / dt_n.
+        oi, ct_info, g_ts, g_tn = c
+        theta = (ts[oi] - t_n) / dt_n
+        _, pull = jax.vjp(solver.interpolate, info, theta)
+        ct_i, ct_theta = pull(tree_take(g_ys, oi))
+        g_theta = (ct_theta / dt_n).astype(g_ts.dtype)  # dL/dts[oi]; t_n gets the negative
+        return oi - 1, tree_add(ct_info, ct_i), g_ts.at[oi].add(g_theta), g_tn - g_theta
+
+    init = (oi, tree_zeros_like(info), g_ts, jnp.zeros((), ts.dtype))
+    oi, ct_info, g_ts, g_tn = jax.lax.while_loop(
+        lambda c: _has_output(out_step, c[0], n), out_body, init
+    )
+    gy, g_saved, gd, gt, k2 = solver.step_vjp(
+        vf, t_n, y_n, dt_n, d, saved_n, info, a_y, a_saved, ct_info, with_dense
+    )
+    g_ts = g_ts.at[0].add((gt + g_tn).astype(g_ts.dtype))  # t_n = ts[0] + sum of dts
+    return gy, g_saved, tree_add(a_d, gd), g_ts, oi, nfe + k1 + k2
+
+
+def pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts):
+    """Add the cotangent of the solver's initial checkpoint state (e.g. a reversible solver's
+    second state z0 = y0) to those of y0, the parameters and ts[0]."""
+    if not jax.tree.leaves(a_saved):
+        return a_y, a_d, g_ts
+
+    def saved0(y_, d_, t_):
+        return solver.checkpoint_state(solver.init(vf, t_, y_, d_)[0])
+
+    _, pull = jax.vjp(saved0, y0, d, ts[0])
+    gy, gd, gt = pull(a_saved)
+    return tree_add(a_y, gy), tree_add(a_d, gd), g_ts.at[0].add(gt.astype(g_ts.dtype))
+
+
 def discrete_backward(vf, solver, n_local, res, g_ys):
     """Walk the accepted steps backwards: recompute each segment from its checkpoint, then
     for each step (last first) pull the cotangents of its outputs and of its end state back
@@ -144,13 +196,9 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
     n_acc = stats["num_accepted"]
     stride = aux["stride"]
     step_t, step_dt, ck, out_step = aux["step_t"], aux["step_dt"], aux["ck"], aux["out_step"]
-    sdtype = probe.dtype
-
-    def has_output(oi, n):
-        return (oi >= 1) & (out_step[jnp.maximum(oi, 0)] == n)
 
     def segment(carry):
-        j, a_y, a_d, g_ts, oi, nfe, local = carry
+        j, back, local = carry
         start = j * stride
         end = jnp.minimum(start + stride, n_acc)
         local = jax.tree.map(lambda buf, b: buf.at[0].set(b[j]), local, ck)
@@ -165,57 +213,40 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
             local = jax.tree.map(lambda buf, v: buf.at[m].set(v), local, (y1, saved1))
             return m + 1, local, nfe + k
 
-        _, local, nfe = jax.lax.while_loop(lambda c: c[0] < end - start, recompute, (1, local, nfe))
+        _, local, nfe = jax.lax.while_loop(
+            lambda c: c[0] < end - start, recompute, (1, local, back[-1])
+        )
 
         def walk(c):
-            n, a_y, a_d, g_ts, oi, nfe = c
-            t_n, dt_n = step_t[n], step_dt[n]
+            n, back = c
             y_n, saved_n = tree_take(local, n - start)
-            with_dense = has_output(oi, n)
-            _, info, _, k1 = solver.recompute(vf, t_n, y_n, dt_n, d, saved_n, with_dense)
-
-            def out_body(c2):
-                # Output oi = interpolate(info, theta), theta = (ts[oi] - t_n) / dt_n.
-                oi, ct_info, g_ts, g_tn = c2
-                theta = (ts[oi] - t_n) / dt_n
-                _, pull = jax.vjp(solver.interpolate, info, theta)
-                ct_i, ct_theta = pull(tree_take(g_ys, oi))
-                g_theta = (ct_theta / dt_n).astype(g_ts.dtype)  # dL/dts[oi]; t_n gets -
-                return oi - 1, tree_add(ct_info, ct_i), g_ts.at[oi].add(g_theta), g_tn - g_theta
-
-            init = (oi, tree_zeros_like(info), g_ts, jnp.zeros((), ts.dtype))
-            oi, ct_info, g_ts, g_tn = jax.lax.while_loop(
-                lambda c2: has_output(c2[0], n), out_body, init
+            back = pull_back_step(
+                solver, vf, d, ts, g_ys, out_step, n, step_t[n], step_dt[n], y_n, saved_n, back
             )
-            gy, gd, gt, k2 = solver.step_vjp(
-                vf, t_n, y_n, dt_n, d, saved_n, info, a_y, ct_info, with_dense
-            )
-            a_d = tree_add(a_d, gd)
-            g_ts = g_ts.at[0].add((gt + g_tn).astype(g_ts.dtype))  # t_n = ts[0] + sum of dts
-            return n - 1, gy, a_d, g_ts, oi, nfe + k1 + k2
+            return n - 1, back
 
-        _, a_y, a_d, g_ts, oi, nfe = jax.lax.while_loop(
-            lambda c: c[0] >= start, walk, (end - 1, a_y, a_d, g_ts, oi, nfe)
-        )
-        return j - 1, a_y, a_d, g_ts, oi, nfe, local
+        back = (*back[:-1], nfe)
+        _, back = jax.lax.while_loop(lambda c: c[0] >= start, walk, (end - 1, back))
+        return j - 1, back, local
 
     n_seg = (n_acc + stride - 1) // stride
-    init = (
-        n_seg - 1,
+    y_ck, saved_ck = ck
+    back = (
         tree_zeros_like(y0),
+        jax.tree.map(lambda b: jnp.zeros(b.shape[1:], b.dtype), saved_ck),
         tree_zeros_like(d),
         jnp.zeros_like(ts),
         jnp.asarray(n_out - 1, jnp.int32),
         jnp.asarray(0, jnp.int32),
-        # States of the segment being walked back, recomputed from its checkpoint; allocated
-        # once and carried, not re-zeroed per segment.
-        jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck),
     )
-    _, a_y, a_d, g_ts, _, nfe, _ = jax.lax.while_loop(lambda c: c[0] >= 0, segment, init)
+    # States of the segment being walked back, recomputed from its checkpoint; allocated once
+    # and carried, not re-zeroed per segment.
+    local = jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck)
+    _, back, _ = jax.lax.while_loop(lambda c: c[0] >= 0, segment, (n_seg - 1, back, local))
+    a_y, a_saved, a_d, g_ts, _, nfe = back
+    a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts)
     a_y = tree_add(a_y, tree_take(g_ys, 0))
-    probe_ct = jnp.stack(
-        [nfe.astype(sdtype), n_acc.astype(sdtype), n_acc.astype(sdtype), jnp.zeros((), sdtype)]
-    )
+    probe_ct = stats_vector(dict(nfe=nfe, num_steps=n_acc, num_accepted=n_acc), probe)
     return a_y, g_ts, a_d, tree_zeros_like(tols), probe_ct
 
 

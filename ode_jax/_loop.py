@@ -50,6 +50,11 @@ class Recorder:
         """Called when output ``index`` is written from accepted step ``step``."""
         return aux
 
+    def on_state(self, aux, y, saved):
+        """Called at the end of every attempted step with the state carried on (y and the
+        solver's checkpoint state): after the last step, the solve's final state."""
+        return aux
+
 
 class _State(eqx.Module):
     t: jax.Array
@@ -223,11 +228,14 @@ def integrate(
         saved = solver.checkpoint_state(s.solver_state)
         aux = recorder.on_accept(s.aux, accept, s.num_accepted, s.t, dt, s.y, saved)
         index, ys, aux = write_outputs(s, accept, aux, t1, y1, info, dt)
+        y_next = tree_where(accept, y1, s.y)
+        solver_state = solver.select_state(accept, s.solver_state, new_solver_state, info)
+        aux = recorder.on_state(aux, y_next, solver.checkpoint_state(solver_state))
         return _State(
             t=jnp.where(accept, t1, s.t),
-            y=tree_where(accept, y1, s.y),
+            y=y_next,
             dt=dt_next,
-            solver_state=solver.select_state(accept, s.solver_state, new_solver_state, info),
+            solver_state=solver_state,
             prev_err=prev_err,
             index=index,
             ys=ys,

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._adjoint import AbstractAdjoint, LoopOptions, get_adjoint
+from ._adjoint import PROBE_KEYS, AbstractAdjoint, LoopOptions, get_adjoint
 from ._control import PIDController, rms_norm
 from ._loop import Tolerances
 from ._solution import RESULTS, Solution, raise_if_failed
@@ -195,8 +195,8 @@ def odeint(
         adjoint: how reverse-mode gradients are computed: an adjoint object
             (:class:`ode_jax.ContinuousAdjoint`, :class:`ode_jax.DiscreteAdjoint`) or the
             shorthand "continuous" / "discrete" for one with default options.
-        probe: optional float array of shape (4,) (see :func:`ode_jax.make_probe`). Its
-            gradient is the backward pass's [nfe, num_steps, num_accepted, num_rejected].
+        probe: optional zero float array from :func:`ode_jax.make_probe`. Its gradient holds
+            the backward pass's statistics (read it with :func:`ode_jax.probe_stats`).
         throw: raise on failure (also under jit); with False, check ``sol.result``.
 
     Returns:
@@ -223,9 +223,10 @@ def odeint(
         _check_positive(name, value)
     if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
-    if probe is not None and jnp.shape(probe) != (4,):
+    if probe is not None and jnp.shape(probe) not in ((4,), (len(PROBE_KEYS),)):
         raise ValueError(
-            f"probe must have shape (4,) (see ode_jax.make_probe), got {jnp.shape(probe)}"
+            f"probe must have shape ({len(PROBE_KEYS)},) (see ode_jax.make_probe), got "
+            f"{jnp.shape(probe)}"
         )
     _check_vector_field(f, ts[0], y0, args)
 
@@ -256,7 +257,7 @@ def odeint(
         max_steps=int(max_steps),
     )
     if probe is None:
-        probe = jnp.zeros((4,), tdtype)
+        probe = jnp.zeros((len(PROBE_KEYS),), tdtype)
     # Python floats in args are parameters: make them arrays so they are traced (and get
     # gradients) rather than baked into the compiled solve.
     args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, (float, complex)) else x, args)

@@ -275,7 +275,9 @@ class RungeKutta(AbstractSolver):
         info = (y, [jax.tree.map(lambda k, i=i: k[i], ks) for i in range(self.stages)], dt)
         return y1, info, None, n_eval.astype(jnp.int32)
 
-    def step_vjp(self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_dense, with_dense):
+    def step_vjp(
+        self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_saved1, ct_dense, with_dense
+    ):
         """Stages in a ``fori_loop`` backwards, so f's VJP appears once in the program and
         only one stage's intermediates are alive at a time."""
         n_eval = jnp.where(with_dense, self.stages, self._n_needed())
@@ -303,7 +305,7 @@ class RungeKutta(AbstractSolver):
         zero_a = jax.tree.map(jnp.zeros_like, args)
         init = (ct_ks, _add(ct_y1, ct_y0), zero_a, jnp.zeros((), jnp.result_type(t)))
         _, ct_y, ct_a, ct_t = jax.lax.fori_loop(s - n_eval, s, body, init)
-        return ct_y, ct_a, ct_t, n_eval.astype(jnp.int32)
+        return ct_y, None, ct_a, ct_t, n_eval.astype(jnp.int32)
 
 
 def _add(a, b):

@@ -92,19 +92,23 @@ class AbstractSolver(eqx.Module):
         y1, _, info, state1, nfe = self.step(f, t, y, dt, args, state)
         return y1, info, self.checkpoint_state(state1), nfe0 + nfe
 
-    def step_vjp(self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_dense, with_dense):
-        """Cotangents of (y, args, t) of an accepted step, given those of its y1 and of its
-        dense_info. Returns ``(ct_y, ct_args, ct_t, nfe)``; dt is held constant."""
+    def step_vjp(
+        self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_saved1, ct_dense, with_dense
+    ):
+        """Cotangents of (y, saved, args, t) of an accepted step, given those of its y1, its
+        checkpoint state after the step (``saved1``) and its dense_info. Returns
+        ``(ct_y, ct_saved, ct_args, ct_t, nfe)``; dt is held constant."""
 
-        def run(y_, a_, t_):
-            state, nfe0 = self._restart(f, t_, y_, a_, saved)
-            y1, _, info, _, nfe = self.step(f, t_, y_, dt, a_, state)
-            return (y1, info), nfe0 + nfe
+        def run(y_, saved_, a_, t_):
+            state, nfe0 = self._restart(f, t_, y_, a_, saved_)
+            y1, _, info, state1, nfe = self.step(f, t_, y_, dt, a_, state)
+            return (y1, self.checkpoint_state(state1), info), nfe0 + nfe
 
-        _, pull, nfe = jax.vjp(run, y, args, t, has_aux=True)
-        ct_y, ct_a, ct_t = pull((ct_y1, ct_dense))
-        return ct_y, ct_a, ct_t, 2 * nfe
+        _, pull, nfe = jax.vjp(run, y, saved, args, t, has_aux=True)
+        ct_y, ct_saved, ct_a, ct_t = pull((ct_y1, ct_saved1, ct_dense))
+        return ct_y, ct_saved, ct_a, ct_t, 2 * nfe
 
     def _restart(self, f, t, y, args, saved):
-        """A state at (t, y) for recomputation (default: :meth:`init`)."""
+        """A state at (t, y) for recomputation from a checkpoint (default: :meth:`init`; a
+        solver with a :meth:`checkpoint_state` rebuilds its state from ``saved``)."""
         return self.init(f, t, y, args)
