@@ -142,7 +142,8 @@ def reversible(method="tsit5", coupling: float = 0.999) -> ReversibleSolver:
     try:
         lam = float(coupling)
     except (TypeError, ValueError):
-        raise ValueError(f"reversible: coupling must be a number in (0, 1], got {coupling!r}")
+        msg = f"reversible: coupling must be a number in (0, 1], got {coupling!r}"
+        raise ValueError(msg) from None
     if not 0.0 < lam <= 1.0:
         raise ValueError(f"reversible: coupling must be in (0, 1], got {coupling!r}")
     return ReversibleSolver(base, lam)
