@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from ._control import PIDController
-from ._loop import Recorder, Tolerances, integrate
+from ._event import Event
+from ._loop import LoopOutput, Recorder, Tolerances, integrate
 from ._solver import AbstractSolver
 
 STAT_KEYS = ("nfe", "num_steps", "num_accepted", "num_rejected")
@@ -41,6 +44,8 @@ class LoopOptions:
     controller: PIDController
     norm: Callable
     max_steps: int
+    dense: bool = False  # record every accepted step's dense output
+    event: Event | None = None  # stop at the first zero crossing of its condition
 
 
 def make_probe(dtype=None) -> jax.Array:
@@ -81,25 +86,43 @@ def tree_add(a, b):
     return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-def split_field(f, y0, ts, args):
-    """Closure-convert f and split (f, args) into arrays to differentiate and the rest.
+class Field(eqx.Module):
+    """The vector field (and an event's condition) with their arrays split out.
 
-    Returns ``(vf, diff)``: ``vf(t, y, diff)`` calls f with args rebuilt from ``diff``, so
-    arrays that f closes over get gradients too (as jax.experimental.ode does).
+    ``vf(t, y, d)`` calls f with args rebuilt from ``d``, the arrays to differentiate (those
+    of args and those f closes over: as jax.experimental.ode does); ``cond(t, y, d)`` likewise
+    for an event's condition. The static part holds no arrays to trace, so a Field can be kept
+    in a Solution returned from a jitted function.
     """
-    fconv = eqx.filter_closure_convert(f, ts[0], y0, args)
-    diff, static = eqx.partition((fconv, args), eqx.is_inexact_array)
 
-    def vf(t, y, d):
+    static: object = eqx.field(static=True)
+
+    def _parts(self, d):
         # Under AD, JAX may hand custom_vjp rules weakly-typed Python scalars; make them arrays
         # again so the closure-converted function sees the avals it was traced with.
-        fc, a = eqx.combine(jax.tree.map(jnp.asarray, d), static)
+        return eqx.combine(jax.tree.map(jnp.asarray, d), self.static)
+
+    def __call__(self, t, y, d):
+        fc, _, a = self._parts(d)
         return fc(t, y, a)
 
-    return vf, diff
+    def cond(self, t, y, d):
+        _, cc, a = self._parts(d)
+        return cc(t, y, a)
 
 
-def run_loop(vf, y0, ts, d, tols: Tolerances, options: LoopOptions, recorder: Recorder = None):
+def split_field(f, y0, ts, args, cond_fn=None):
+    """Closure-convert f (and cond_fn) and split them and args into arrays to differentiate
+    and the rest. Returns ``(vf, diff)`` with ``vf`` a :class:`Field`."""
+    fconv = eqx.filter_closure_convert(f, ts[0], y0, args)
+    cconv = None if cond_fn is None else eqx.filter_closure_convert(cond_fn, ts[0], y0, args)
+    diff, static = eqx.partition((fconv, cconv, args), eqx.is_inexact_array)
+    return Field(static), diff
+
+
+def run_loop(
+    vf, y0, ts, d, tols: Tolerances, options: LoopOptions, recorder: Recorder = None
+) -> LoopOutput:
     """The forward solve: ``integrate`` with the settings of ``options``."""
     return integrate(
         options.solver,
@@ -112,7 +135,66 @@ def run_loop(vf, y0, ts, d, tols: Tolerances, options: LoopOptions, recorder: Re
         controller=options.controller,
         norm=options.norm,
         recorder=recorder,
+        dense=options.dense,
+        event=options.event,
+        cond_fn=None if options.event is None else vf.cond,
     )
+
+
+def event_cond(options: LoopOptions):
+    return None if options.event is None else options.event.cond_fn
+
+
+def event_step(out: LoopOutput):
+    return None if out.event is None else out.event["step"]
+
+
+def outputs(out: LoopOutput):
+    """The outputs of a solve's custom_vjp core."""
+    return out.ys, out.stats, out.result, out.dt_next, out.dense, out.event
+
+
+class Solved(eqx.Module):
+    """What :meth:`AbstractAdjoint.solve` returns: the outputs of the core, and how to
+    evaluate the dense output differentiably under this adjoint.
+
+    ``evaluator(solved, s, at_event) -> y``: the solution at (forward-running) time s, from the
+    recorded steps (``at_event``: from the step the event stopped in).
+    """
+
+    ys: Any
+    stats: dict
+    result: jax.Array
+    dt_next: jax.Array
+    dense: Any
+    event: Any
+    span: jax.Array  # [s0, the last time reached]
+    data: Any  # arrays the evaluator needs besides the recorded steps
+    evaluator: Callable | None = eqx.field(static=True, default=None)
+
+    @classmethod
+    def plain(cls, ys, stats, result, dt_next, ts):
+        """The output of a solve without dense output or events."""
+        span = jnp.stack([ts[0], ts[-1]])
+        return cls(ys, stats, result, dt_next, None, None, span, None, None)
+
+    @classmethod
+    def from_core(cls, core_out, vf, d, y0, ts, options, data=None, evaluator=None):
+        ys, stats, result, dt_next, dense, event = core_out
+        end = ts[-1] if event is None else jnp.where(event["happened"], event["time"], ts[-1])
+        if evaluator is None and (dense is not None or event is not None):
+            evaluator = functools.partial(_evaluate_recorded, options.solver)
+        span = jnp.stack([ts[0], jnp.asarray(end, ts.dtype)])
+        return cls(ys, stats, result, dt_next, dense, event, span, data, evaluator)
+
+
+def _evaluate_recorded(solver, solved: Solved, s, at_event: bool):
+    from ._dense import interpolate_event_step, interpolate_recorded
+
+    if at_event:
+        return interpolate_event_step(solver, solved.event, s)
+    count = solved.stats["num_accepted"]
+    return interpolate_recorded(solver, solved.dense, count, s, solved.span[0], solved.span[1])
 
 
 def not_differentiable_twice(fn, message: str):
@@ -139,11 +221,12 @@ class AbstractAdjoint(eqx.Module):
     """
 
     @abc.abstractmethod
-    def solve(self, f, y0, ts, args, tols: Tolerances, probe, options: LoopOptions):
+    def solve(self, f, y0, ts, args, tols: Tolerances, probe, options: LoopOptions) -> Solved:
         """Solve dy/dt = f(t, y, args) forwards over the increasing ``ts`` under this adjoint's
-        ``custom_vjp``. Returns ``(ys, stats, result, dt_next)`` as
-        :func:`ode_jax._loop.integrate` does; the cotangent of ``probe`` must be the backward
-        pass's statistics (see :func:`make_probe`)."""
+        ``custom_vjp`` and return a :class:`Solved`. The cotangent of ``probe`` must be the
+        backward pass's statistics (see :func:`make_probe`). With ``options.dense`` or
+        ``options.event``, the recorded steps must be differentiable through
+        ``Solved.evaluator``."""
 
     def check(self, solver: AbstractSolver, dt0) -> None:
         """Raise a ValueError if this adjoint cannot differentiate solves with ``solver``."""

@@ -12,6 +12,7 @@ component but costs no extra augmented state.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,10 @@ from ._adjoint import (
     PROBE_KEYS,
     AbstractAdjoint,
     LoopOptions,
+    Solved,
+    _evaluate_recorded,
+    event_cond,
+    outputs,
     positive_or_none,
     register_adjoint,
     run_loop,
@@ -34,7 +39,7 @@ from ._adjoint import (
 from ._control import propagates_nonfinite, rms_norm
 from ._loop import Tolerances
 from ._solution import raise_if_failed
-from ._solver import AbstractSolver
+from ._solver import AbstractSolver, tree_where
 
 
 class ContinuousAdjoint(AbstractAdjoint):
@@ -78,7 +83,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             )
 
     def solve(self, f, y0, ts, args, tols, probe, options):
-        vf, diff = split_field(f, y0, ts, args)
+        vf, diff = split_field(f, y0, ts, args, event_cond(options))
         tdtype = ts.dtype
         adj_tols = (
             tols.rtol if self.rtol is None else jnp.asarray(self.rtol, tdtype),
@@ -87,23 +92,38 @@ class ContinuousAdjoint(AbstractAdjoint):
 
         @jax.custom_vjp
         def core(y0, ts, d, tols, adj_tols, probe):
-            ys, stats, result, _, dt_next = run_loop(vf, y0, ts, d, tols, options)
-            return ys, stats, result, dt_next
+            return outputs(run_loop(vf, y0, ts, d, tols, options))
 
         def core_fwd(y0, ts, d, tols, adj_tols, probe):
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
             out = core(y0, ts, d, tols, adj_tols, probe)
-            return out, (out[0], ts, d, tols, adj_tols, probe, out[3])
+            return out, (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
 
         def core_bwd(res, cts):
+            # Cotangents of the recorded steps (dense output, events) are not used: this
+            # adjoint differentiates evaluations through `_evaluate` instead.
             return self._backward(vf, options, res, cts[0])
 
         core.defvjp(core_fwd, core_bwd)
-        return core(y0, ts, diff, tols, adj_tols, probe)
+        out = core(y0, ts, diff, tols, adj_tols, probe)
+        # The recorded steps carry no gradient here (see _evaluate).
+        out = (*out[:4], jax.lax.stop_gradient(out[4]), jax.lax.stop_gradient(out[5]))
+        data = (y0, diff, tols, adj_tols)
+        evaluator = functools.partial(_evaluate, self, vf, options)
+        return Solved.from_core(out, vf, diff, y0, ts, options, data, evaluator)
 
     def _backward(self, vf, options: LoopOptions, res, g_ys):
-        ys, ts, d, tols, adj_tols, probe, dt_forward = res
+        ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res
+        # Outputs past the last time reached (after an event) were never computed: the
+        # backward solve starts where the forward one stopped.
+        beyond = ts > s_reach
+        ts = jnp.where(beyond, s_reach, ts)
+        ys = jax.tree.map(
+            lambda buf, v: jnp.where(beyond.reshape((-1,) + (1,) * v.ndim), v[None], buf),
+            ys,
+            y_reach,
+        )
         n = ts.shape[0]
         y0 = tree_take(ys, 0)
         pack, unpack, parts = _augmented_packing(y0, d)
@@ -163,7 +183,7 @@ class ContinuousAdjoint(AbstractAdjoint):
                 dt0=dt if solver.adaptive else tols.dt0,
                 dtmax=tols.dtmax,
             )
-            ys_b, stats_b, result_b, dt_next = backward_adjoint.solve(
+            solved_b = backward_adjoint.solve(
                 backward_field,
                 pack(y_i, a_y, a_d),
                 -jnp.stack([ts[i], ts[i - 1]]),
@@ -172,6 +192,8 @@ class ContinuousAdjoint(AbstractAdjoint):
                 jnp.zeros_like(probe),
                 backward_options,
             )
+            ys_b, stats_b, result_b = solved_b.ys, solved_b.stats, solved_b.result
+            dt_next = solved_b.dt_next
             y_back, a_y, a_d = unpack(tree_take(ys_b, -1))
             stats = stats + stats_vector({**stats_b, "nfe": stats_b["nfe"] + 1}, stats)
             result = jnp.maximum(result, result_b)
@@ -200,6 +222,49 @@ class ContinuousAdjoint(AbstractAdjoint):
         a_y = tree_add(a_y, tree_take(g_ys, 0))
         a_y = raise_if_failed(a_y, result, prefix="ode_jax backward (adjoint) solve")
         return a_y, g_ts, a_d, tree_zeros_like(tols), tree_zeros_like(adj_tols), stats
+
+
+def _evaluate(adjoint, vf, options, solved, s, at_event):
+    """The solution at time s, differentiated as the exact solution at s: the value comes from
+    the recorded steps, the gradient from a backward solve from s to s0."""
+    value = jax.lax.stop_gradient(_evaluate_recorded(options.solver, solved, s, at_event))
+    y0, d, tols, adj_tols = solved.data
+    s0 = solved.span[0]
+    dt_guess = solved.dt_next
+
+    dt_guess = jax.lax.stop_gradient(dt_guess)
+
+    @jax.custom_vjp
+    def point(s, y0, d, s0, tols, adj_tols, value, dt_guess):
+        return value
+
+    def point_fwd(s, y0, d, s0, tols, adj_tols, value, dt_guess):
+        return value, (s, y0, d, s0, tols, adj_tols, value, dt_guess)
+
+    def point_bwd(res, ct):
+        s, y0, d, s0, tols, adj_tols, value, dt_guess = res
+        ys = jax.tree.map(lambda a, b: jnp.stack([a, b.astype(a.dtype)]), y0, value)
+        g_ys = jax.tree.map(lambda c: jnp.stack([jnp.zeros_like(c), c]), ct)
+        ts = jnp.stack([s0, jnp.asarray(s, s0.dtype)])
+        probe = jnp.zeros((len(PROBE_KEYS),), s0.dtype)
+        res_b = (ys, ts, d, tols, adj_tols, probe, dt_guess, (ts[1], value))
+        a_y, g_ts, a_d, _, _, _ = adjoint._backward(vf, options, res_b, g_ys)
+        g_s = g_ts[1].astype(jnp.result_type(s))
+        zeros = tree_zeros_like
+        return (g_s, a_y, a_d, g_ts[0], zeros(tols), zeros(adj_tols), zeros(value), zeros(dt_guess))
+
+    point.defvjp(point_fwd, point_bwd)
+    return point(s, y0, d, s0, tols, adj_tols, value, dt_guess)
+
+
+def _reached(out, ts):
+    """(the last time the solve reached, the state there): an event's, or the end."""
+    ys, event = out[0], out[5]
+    s_end, y_end = ts[-1], tree_take(ys, -1)
+    if event is None:
+        return s_end, y_end
+    hit = event["happened"]
+    return jnp.where(hit, event["time"], s_end), tree_where(hit, event["state"], y_end)
 
 
 def _max_abs_diff(a, b):

@@ -17,7 +17,11 @@ import jax.numpy as jnp
 from ._adjoint import (
     AbstractAdjoint,
     LoopOptions,
+    Solved,
+    event_cond,
+    event_step,
     not_differentiable_twice,
+    outputs,
     positive_or_none,
     register_adjoint,
     run_loop,
@@ -27,6 +31,7 @@ from ._adjoint import (
     tree_take,
     tree_zeros_like,
 )
+from ._dense import injector
 from ._loop import Recorder
 
 _TWICE = (
@@ -56,25 +61,25 @@ class DiscreteAdjoint(AbstractAdjoint):
         )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
-        vf, diff = split_field(f, y0, ts, args)
+        vf, diff = split_field(f, y0, ts, args, event_cond(options))
         n_ck, n_local = checkpoint_sizes(options.max_steps, self.checkpoints)
 
         @jax.custom_vjp
         def core(y0, ts, d, tols, probe):
-            ys, stats, result, _, dt_next = run_loop(vf, y0, ts, d, tols, options)
-            return ys, stats, result, dt_next
+            return outputs(run_loop(vf, y0, ts, d, tols, options))
 
         def core_fwd(y0, ts, d, tols, probe):
             recorder = StepRecorder(options.max_steps, n_ck)
-            ys, stats, result, aux, dt_next = run_loop(vf, y0, ts, d, tols, options, recorder)
-            return (ys, stats, result, dt_next), (y0, ts, d, tols, probe, stats, aux)
+            out = run_loop(vf, y0, ts, d, tols, options, recorder)
+            res = (y0, ts, d, tols, probe, out.stats, out.aux, event_step(out))
+            return outputs(out), res
 
-        def backward(res, g_ys):
-            return discrete_backward(vf, options.solver, n_local, res, g_ys)
+        def backward(res, cts):
+            return discrete_backward(vf, options.solver, n_local, res, cts)
 
         backward = not_differentiable_twice(backward, _TWICE)
-        core.defvjp(core_fwd, lambda res, cts: backward(res, cts[0]))
-        return core(y0, ts, diff, tols, probe)
+        core.defvjp(core_fwd, backward)
+        return Solved.from_core(core(y0, ts, diff, tols, probe), vf, diff, y0, ts, options)
 
 
 def checkpoint_sizes(max_steps: int, checkpoints: int | None):
@@ -109,7 +114,7 @@ class StepRecorder(Recorder):
             step_dt=jnp.zeros((self.max_steps + 1,), ts.dtype),
             ck=jax.tree.map(lambda y: jnp.zeros((k + 1,) + y.shape, y.dtype), (y0, saved)),
             stride=jnp.asarray(1, jnp.int32),
-            out_step=jnp.zeros((ts.shape[0],), jnp.int32),
+            out_step=jnp.full((ts.shape[0],), -1, jnp.int32),  # -1: not written
         )
 
     def on_accept(self, aux, accept, step, t, dt, y, saved):
@@ -135,22 +140,37 @@ class StepRecorder(Recorder):
         return {**aux, "out_step": aux["out_step"].at[index].set(step)}
 
 
+def last_written_output(out_step):
+    """The index of the last output a step wrote (outputs after an event or a failure were
+    never written; ts[0] is output 0)."""
+    return jnp.sum((out_step[1:] >= 0).astype(jnp.int32))
+
+
 def _has_output(out_step, oi, n):
     """Whether output ``oi`` (walked from the last down) was written from accepted step n."""
     return (oi >= 1) & (out_step[jnp.maximum(oi, 0)] == n)
 
 
-def pull_back_step(solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n, carry):
+def pull_back_step(
+    solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n, carry, inject=None
+):
     """Pull the cotangents of accepted step n (from (t_n, y_n, saved_n), size dt_n) and of the
     outputs written from it back to the step's start.
 
     ``carry``: ``(a_y, a_saved, a_d, g_ts, oi, nfe)``, the cotangents of the step's end state,
     of the parameters, of ts, the next output to pull back (walking down), and the count of
-    evaluations. Shared by every adjoint that walks the steps backwards.
+    evaluations. Shared by every adjoint that walks the steps backwards. ``inject(n, info,
+    y)``: the cotangents of step n's recorded dense info and end state (dense output, events).
     """
     a_y, a_saved, a_d, g_ts, oi, nfe = carry
     with_dense = _has_output(out_step, oi, n)
+    if inject is not None:
+        with_dense = jnp.asarray(True)  # the recorded dense info may carry a cotangent
     _, info, _, k1 = solver.recompute(vf, t_n, y_n, dt_n, d, saved_n, with_dense)
+    ct_info0 = tree_zeros_like(info)
+    if inject is not None:
+        ct_info0, ct_y1 = inject(n, info, a_y)
+        a_y = tree_add(a_y, ct_y1)
 
     def out_body(c):
         # Output oi = interpolate(info, theta), theta = (ts[oi] - t_n) / dt_n.
@@ -161,7 +181,7 @@ def pull_back_step(solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n
         g_theta = (ct_theta / dt_n).astype(g_ts.dtype)  # dL/dts[oi]; t_n gets the negative
         return oi - 1, tree_add(ct_info, ct_i), g_ts.at[oi].add(g_theta), g_tn - g_theta
 
-    init = (oi, tree_zeros_like(info), g_ts, jnp.zeros((), ts.dtype))
+    init = (oi, ct_info0, g_ts, jnp.zeros((), ts.dtype))
     oi, ct_info, g_ts, g_tn = jax.lax.while_loop(
         lambda c: _has_output(out_step, c[0], n), out_body, init
     )
@@ -186,13 +206,14 @@ def pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts):
     return tree_add(a_y, gy), tree_add(a_d, gd), g_ts.at[0].add(gt.astype(g_ts.dtype))
 
 
-def discrete_backward(vf, solver, n_local, res, g_ys):
+def discrete_backward(vf, solver, n_local, res, cts):
     """Walk the accepted steps backwards: recompute each segment from its checkpoint, then
     for each step (last first) pull the cotangents of its outputs and of its end state back
     through :meth:`~ode_jax.AbstractSolver.interpolate` and
     :meth:`~ode_jax.AbstractSolver.step_vjp`."""
-    y0, ts, d, tols, probe, stats, aux = res
-    n_out = ts.shape[0]
+    y0, ts, d, tols, probe, stats, aux, ev_step = res
+    g_ys, ct_dense, ct_event = cts[0], cts[4], cts[5]
+    inject, g_t0 = injector(ct_dense, ct_event, ev_step)
     n_acc = stats["num_accepted"]
     stride = aux["stride"]
     step_t, step_dt, ck, out_step = aux["step_t"], aux["step_dt"], aux["ck"], aux["out_step"]
@@ -221,8 +242,9 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
             n, back = c
             y_n, saved_n = tree_take(local, n - start)
             back = pull_back_step(
-                solver, vf, d, ts, g_ys, out_step, n, step_t[n], step_dt[n], y_n, saved_n, back
-            )
+                solver, vf, d, ts, g_ys, out_step, n, step_t[n], step_dt[n], y_n, saved_n, back,
+                inject,
+            )  # fmt: skip
             return n - 1, back
 
         back = (*back[:-1], nfe)
@@ -236,7 +258,7 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
         jax.tree.map(lambda b: jnp.zeros(b.shape[1:], b.dtype), saved_ck),
         tree_zeros_like(d),
         jnp.zeros_like(ts),
-        jnp.asarray(n_out - 1, jnp.int32),
+        last_written_output(out_step),
         jnp.asarray(0, jnp.int32),
     )
     # States of the segment being walked back, recomputed from its checkpoint; allocated once
@@ -246,6 +268,7 @@ def discrete_backward(vf, solver, n_local, res, g_ys):
     a_y, a_saved, a_d, g_ts, _, nfe = back
     a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts)
     a_y = tree_add(a_y, tree_take(g_ys, 0))
+    g_ts = g_ts.at[0].add(g_t0.astype(g_ts.dtype))
     probe_ct = stats_vector(dict(nfe=nfe, num_steps=n_acc, num_accepted=n_acc), probe)
     return a_y, g_ts, a_d, tree_zeros_like(tols), probe_ct
 

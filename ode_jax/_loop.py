@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ._control import PIDController, initial_step, scaled_error
+from ._event import Event, find_root
 from ._solution import RESULTS
 from ._solver import AbstractSolver, tree_where
 
@@ -72,6 +73,26 @@ class _State(eqx.Module):
     nonfinite: jax.Array  # the last rejection was caused by a non-finite error estimate
     result: jax.Array
     aux: Any
+    dense: Any  # per accepted step: t, dt, the step's dense info, y1 (None unless asked for)
+    event: Any  # g at the current state, and what is known of the event (None: no event)
+
+
+class LoopOutput(eqx.Module):
+    """What :func:`integrate` returns.
+
+    ``dense``: None, or a dict of per-accepted-step buffers of length ``max_steps + 1`` (the
+    last slot is scratch): "t" (start time), "dt", "info" (the solver's dense info), "y1"
+    (the step's end state). ``event``: None, or a dict with "time", "state", "happened",
+    "step" (the accepted step it happened in), "t_n", "dt_n" and "info" of that step.
+    """
+
+    ys: Any
+    stats: dict
+    result: jax.Array
+    aux: Any
+    dt_next: jax.Array
+    dense: Any = None
+    event: Any = None
 
 
 def _all_finite(tree) -> jax.Array:
@@ -90,11 +111,18 @@ def integrate(
     controller: PIDController,
     norm: Callable,
     recorder: Recorder | None = None,
-):
+    dense: bool = False,
+    event: Event | None = None,
+    cond_fn: Callable | None = None,
+) -> LoopOutput:
     """Solve from ts[0] to ts[-1] (strictly increasing).
 
-    Returns (ys, stats, result, aux, dt_next): dt_next is the step size proposed after the last
-    step (a good dt0 for a solve that continues from ts[-1]).
+    ``dense``: record every accepted step's dense output. ``event`` with ``cond_fn(t, y,
+    args)``: stop at the first crossing of zero (see :mod:`ode_jax._event`); outputs after it
+    are left NaN here (odeint fills them with the event state).
+
+    Returns a :class:`LoopOutput`; its dt_next is the step size proposed after the last step
+    (a good dt0 for a solve that continues from ts[-1]).
     """
     recorder = recorder or Recorder()
     tdtype = ts.dtype
@@ -117,7 +145,7 @@ def integrate(
         stats = dict.fromkeys(("nfe", "num_steps", "num_accepted", "num_rejected"), zero)
         ok = jnp.asarray(RESULTS.successful, i32)
         dt_next = jnp.asarray(jnp.nan if dt0 is None else dt0, tdtype)
-        return ys, stats, ok, recorder.init(y0, ts, None), dt_next
+        return LoopOutput(ys, stats, ok, recorder.init(y0, ts, None), dt_next)
     nfe = jnp.asarray(0, i32)
     f0 = None
     if solver.adaptive and dt0 is None:
@@ -127,6 +155,38 @@ def integrate(
     else:
         dt_init = jnp.asarray(dt0, tdtype)
     solver_state, n_init = solver.init(f, t0, y0, args, f0)
+    if n_out == 2:
+        # A zero-length solve (ts[0] == ts[1]) takes no step: its end is its start.
+        ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(t_end <= t0, v, buf[1])), ys, y0)
+    dense_bufs = event_state = None
+    if dense or event is not None:
+        info_shape = jax.eval_shape(
+            lambda: solver.step(f, t0, y0, jnp.asarray(dt_init, tdtype), args, solver_state)[2]
+        )
+    if dense:
+        m = max_steps + 1
+
+        def buffer(x):
+            return jnp.zeros((m,) + x.shape, x.dtype)
+
+        dense_bufs = dict(
+            t=jnp.zeros((m,), tdtype),
+            dt=jnp.zeros((m,), tdtype),
+            info=jax.tree.map(buffer, info_shape),
+            y1=jax.tree.map(buffer, y0),
+        )
+    if event is not None:
+        zeros_info = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), info_shape)
+        event_state = dict(
+            g=jnp.asarray(cond_fn(t0, y0, args)),
+            time=jnp.asarray(jnp.inf, tdtype),
+            state=y0,
+            happened=jnp.asarray(False),
+            step=jnp.asarray(-1, i32),
+            t_n=t0,
+            dt_n=jnp.ones((), tdtype),
+            info=zeros_info,
+        )
 
     state = _State(
         t=t0,
@@ -144,10 +204,55 @@ def integrate(
         nonfinite=jnp.asarray(False),
         result=jnp.asarray(RESULTS.successful, i32),
         aux=recorder.init(y0, ts, solver.checkpoint_state(solver_state)),
+        dense=dense_bufs,
+        event=event_state,
     )
 
     def cond(s):
-        return (s.t < t_end) & (s.result == RESULTS.successful) & (s.num_steps < max_steps)
+        going = (s.t < t_end) & (s.result == RESULTS.successful) & (s.num_steps < max_steps)
+        return going if event is None else going & ~s.event["happened"]
+
+    def detect_event(s, accept, t1, y1, info, dt):
+        """(event dict, whether it fired in this step, the step's effective end (t, y))."""
+        ev = s.event
+        g1 = jnp.asarray(cond_fn(t1, y1, args)).astype(ev["g"].dtype)
+        fired = accept & event.crossed(ev["g"], g1)
+
+        def h(theta):
+            return cond_fn(s.t + theta * dt, solver.interpolate(info, theta), args)
+
+        # The root finder runs only in the step where the event fires.
+        theta = jax.lax.cond(
+            fired,
+            lambda: find_root(h, ev["g"], g1, tdtype),
+            lambda: jnp.ones((), tdtype),
+        )
+        t_ev = jnp.where(theta >= 1, t1, s.t + theta * dt)
+        y_ev = tree_where(theta >= 1, y1, solver.interpolate(info, theta))
+        new = dict(
+            g=jnp.where(accept, g1, ev["g"]),
+            time=jnp.where(fired, t_ev, ev["time"]),
+            state=tree_where(fired, y_ev, ev["state"]),
+            happened=ev["happened"] | fired,
+            step=jnp.where(fired, s.num_accepted, ev["step"]),
+            t_n=jnp.where(fired, s.t, ev["t_n"]),
+            dt_n=jnp.where(fired, dt, ev["dt_n"]),
+            info=tree_where(fired, info, ev["info"]),
+        )
+        return new, fired, jnp.where(fired, t_ev, t1), tree_where(fired, y_ev, y1)
+
+    def record_dense(bufs, accept, step, t, dt, info, y1):
+        slot = jnp.where(accept, step, max_steps)
+
+        def put(buf, v):
+            return buf.at[slot].set(v)
+
+        return dict(
+            t=put(bufs["t"], t),
+            dt=put(bufs["dt"], dt),
+            info=jax.tree.map(put, bufs["info"], info),
+            y1=jax.tree.map(put, bufs["y1"], y1),
+        )
 
     def write_outputs(s, accept, aux, t1, y1, info, dt):
         """Write every output time in (s.t, t1] from the accepted step's dense output."""
@@ -227,12 +332,18 @@ def integrate(
 
         saved = solver.checkpoint_state(s.solver_state)
         aux = recorder.on_accept(s.aux, accept, s.num_accepted, s.t, dt, s.y, saved)
-        index, ys, aux = write_outputs(s, accept, aux, t1, y1, info, dt)
-        y_next = tree_where(accept, y1, s.y)
+        ev, t_stop, y_stop = s.event, t1, y1
+        if event is not None:
+            ev, _, t_stop, y_stop = detect_event(s, accept, t1, y1, info, dt)
+        index, ys, aux = write_outputs(s, accept, aux, t_stop, y_stop, info, dt)
+        dense_bufs = s.dense
+        if dense:
+            dense_bufs = record_dense(s.dense, accept, s.num_accepted, s.t, dt, info, y1)
+        y_next = tree_where(accept, y_stop, s.y)
         solver_state = solver.select_state(accept, s.solver_state, new_solver_state, info)
         aux = recorder.on_state(aux, y_next, solver.checkpoint_state(solver_state))
         return _State(
-            t=jnp.where(accept, t1, s.t),
+            t=jnp.where(accept, t_stop, s.t),
             y=y_next,
             dt=dt_next,
             solver_state=solver_state,
@@ -247,18 +358,22 @@ def integrate(
             nonfinite=nonfinite,
             result=result,
             aux=aux,
+            dense=dense_bufs,
+            event=ev,
         )
 
     state = jax.lax.while_loop(cond, body, state)
-    result = jnp.where(
-        (state.result == RESULTS.successful) & (state.t < t_end),
-        RESULTS.max_steps_reached,
-        state.result,
-    ).astype(i32)
+    short = (state.result == RESULTS.successful) & (state.t < t_end)
+    if event is not None:
+        short = short & ~state.event["happened"]
+    result = jnp.where(short, RESULTS.max_steps_reached, state.result).astype(i32)
     stats = {
         "nfe": state.nfe,
         "num_steps": state.num_steps,
         "num_accepted": state.num_accepted,
         "num_rejected": state.num_rejected,
     }
-    return state.ys, stats, result, state.aux, state.dt
+    ev = state.event
+    if ev is not None:
+        ev = {k: v for k, v in ev.items() if k != "g"}
+    return LoopOutput(state.ys, stats, result, state.aux, state.dt, state.dense, ev)

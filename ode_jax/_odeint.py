@@ -12,6 +12,7 @@ import numpy as np
 
 from ._adjoint import PROBE_KEYS, AbstractAdjoint, LoopOptions, get_adjoint
 from ._control import PIDController, rms_norm
+from ._event import Event, differentiable_event_time
 from ._loop import Tolerances
 from ._solution import RESULTS, Solution, raise_if_failed
 from ._solver import AbstractSolver
@@ -168,6 +169,9 @@ def odeint(
     adjoint: str | AbstractAdjoint = "continuous",
     probe=None,
     throw: bool = True,
+    dense: bool = False,
+    save_steps: bool = False,
+    event: Event | None = None,
     **moved,
 ) -> Solution:
     """Solve dy/dt = f(t, y, args) from y(ts[0]) = y0 and return y at every time in ts.
@@ -198,6 +202,17 @@ def odeint(
         probe: optional zero float array from :func:`ode_jax.make_probe`. Its gradient holds
             the backward pass's statistics (read it with :func:`ode_jax.probe_stats`).
         throw: raise on failure (also under jit); with False, check ``sol.result``.
+        dense: record every accepted step so that ``sol.evaluate(t)`` gives y(t) anywhere in
+            the solved interval from the method's own dense output (memory: ``max_steps``
+            steps' dense data).
+        save_steps: also return every accepted step: ``sol.step_ts`` and ``sol.step_ys``,
+            padded to ``max_steps`` (times with inf, states with NaN); the count is
+            ``sol.stats["num_accepted"]``.
+        event: an :class:`ode_jax.Event`: stop at the first time its condition crosses zero
+            (direction relative to the direction of integration). Then ``sol.event_time``,
+            ``sol.event_state`` and ``sol.event_happened``; outputs at times after the event
+            hold the event state. The event time is differentiable w.r.t. y0, args and ts[0]
+            (implicit function theorem). Without an event, event_time is +-inf.
 
     Returns:
         :class:`ode_jax.Solution` with ``ys`` (leading axis ``len(ts)``) and ``stats``.
@@ -250,12 +265,8 @@ def odeint(
         out = f(d * s, y, a)
         return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
 
-    options = LoopOptions(
-        solver=method,
-        controller=controller or PIDController(),
-        norm=norm or rms_norm,
-        max_steps=int(max_steps),
-    )
+    if event is not None and not isinstance(event, Event):
+        raise TypeError(f"event must be an ode_jax.Event, got {type(event).__name__}")
     if probe is None:
         probe = jnp.zeros((len(PROBE_KEYS),), tdtype)
     # Python floats in args are parameters: make them arrays so they are traced (and get
@@ -269,16 +280,118 @@ def odeint(
     else:
         direction = jnp.asarray(direction, tdtype)
         field, field_args = (lambda s, y, a_d: oriented(s, y, *a_d)), (args, direction)
-    ys, stats, result, dt_next = adjoint.solve(
-        field, y0, direction * ts, field_args, tols, probe, options
+    oriented_event = None
+    if event is not None:
+        _check_event(event, ts[0], y0, args)
+        if isinstance(direction, float):
+            cond = lambda s, y, a: event.cond_fn(direction * s, y, a)  # noqa: E731
+        else:
+            cond = lambda s, y, a_d: event.cond_fn(a_d[1] * s, y, a_d[0])  # noqa: E731
+        oriented_event = Event(cond, event.direction)
+    options = LoopOptions(
+        solver=method,
+        controller=controller or PIDController(),
+        norm=norm or rms_norm,
+        max_steps=int(max_steps),
+        dense=bool(dense or save_steps),
+        event=oriented_event,
     )
+    solved = adjoint.solve(field, y0, direction * ts, field_args, tols, probe, options)
+    ys, stats, result, dt_next = solved.ys, solved.stats, solved.result, solved.dt_next
+    missing = (options.dense and solved.dense is None) or (
+        event is not None and solved.event is None
+    )
+    if missing:
+        raise ValueError(
+            f"adjoint={type(adjoint).__name__} does not support dense output, save_steps or "
+            "events; use adjoint='continuous', 'discrete' or 'reversible'"
+        )
+    extras = {}
+    if event is not None:
+        extras, ys = _event_outputs(solved, oriented_event, field, field_args, direction, ts, ys)
+    if save_steps:
+        extras.update(_saved_steps(solved, direction, int(max_steps)))
     result = _blame_input(result, y0, args)
     for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0), ("dtmax", dtmax)):
         ys = _runtime_positive(name, value, ys)
     ys = _check_ts_runtime(ts, ts_np, ys)
     if throw:
         ys = raise_if_failed(ys, result)
-    return Solution(ts=ts, ys=ys, stats=stats, result=result, dt_next=dt_next)
+    return Solution(
+        ts=ts,
+        ys=ys,
+        stats=stats,
+        result=result,
+        dt_next=dt_next,
+        **extras,
+        solved=solved if dense else None,
+        direction=direction,
+    )
+
+
+def _check_event(event, t0, y0, args):
+    try:
+        out = eqx.filter_eval_shape(event.cond_fn, t0, y0, args)
+    except Exception as e:
+        e.add_note("(raised by ode_jax.odeint calling the event's cond_fn(t, y, args) at ts[0])")
+        raise
+    if not hasattr(out, "shape") or out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise ValueError(
+            "the event's cond_fn(t, y, args) must return a real floating-point scalar, got "
+            f"{getattr(out, 'shape', out)} {getattr(out, 'dtype', '')}"
+        )
+
+
+def _event_outputs(solved, event, field, field_args, direction, ts, ys):
+    """The event's time (differentiable), state and flag, and ys with the outputs after the
+    event replaced by the event state."""
+    ev = solved.event
+    happened = ev["happened"]
+    span_end = solved.span[1]
+    # A finite time to differentiate at even when nothing happened (then masked).
+    s_star = jnp.where(happened, ev["time"], span_end)
+
+    def evaluate(s):
+        return solved.evaluator(solved, s, True)
+
+    s_d = differentiable_event_time(
+        event, s_star, evaluate, lambda s, y: field(s, y, field_args), field_args
+    )
+    y_star = evaluate(s_d)
+    beyond = happened & (direction * ts > s_star)
+
+    def fill(buf, v):
+        return jnp.where(beyond.reshape((-1,) + (1,) * v.ndim), v[None].astype(buf.dtype), buf)
+
+    ys = jax.tree.map(fill, ys, y_star)
+    never = jnp.asarray(jnp.inf, ts.dtype) * direction
+    extras = dict(
+        event_time=jnp.where(happened, direction * s_d, never),
+        event_state=y_star,
+        event_happened=happened,
+    )
+    return extras, ys
+
+
+def _saved_steps(solved, direction, max_steps):
+    """Every accepted step's end time and state, padded to max_steps."""
+    bufs, count = solved.dense, solved.stats["num_accepted"]
+    valid = jnp.arange(max_steps) < count
+    s_end = bufs["t"][:max_steps] + bufs["dt"][:max_steps]
+    # Under the continuous adjoint the stored states carry no gradient; evaluating the dense
+    # output at each step's end gives them the exact-solution gradient (a backward solve
+    # per step, run only if they are differentiated).
+    s_eval = jnp.where(valid, s_end, solved.span[0])
+    if solved.data is not None:
+        ys = jax.vmap(lambda s: solved.evaluator(solved, s, False))(s_eval)
+    else:
+        ys = jax.tree.map(lambda b: b[:max_steps], bufs["y1"])
+
+    def pad(b):
+        return jnp.where(valid.reshape((-1,) + (1,) * (b.ndim - 1)), b, jnp.nan)
+
+    step_ts = jnp.where(valid, direction * s_end, jnp.inf)
+    return dict(step_ts=step_ts, step_ys=jax.tree.map(pad, ys))
 
 
 def _nonfinite(tree) -> jax.Array:

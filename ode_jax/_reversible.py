@@ -30,7 +30,11 @@ from ._adjoint import (
     PROBE_KEYS,
     AbstractAdjoint,
     LoopOptions,
+    Solved,
+    event_cond,
+    event_step,
     not_differentiable_twice,
+    outputs,
     register_adjoint,
     run_loop,
     split_field,
@@ -39,7 +43,8 @@ from ._adjoint import (
     tree_take,
     tree_zeros_like,
 )
-from ._discrete import pull_back_init, pull_back_step
+from ._dense import injector
+from ._discrete import last_written_output, pull_back_init, pull_back_step
 from ._loop import Recorder
 from ._runge_kutta import RungeKutta, rk_step
 from ._solver import AbstractSolver
@@ -166,29 +171,29 @@ class ReversibleAdjoint(AbstractAdjoint):
             )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
-        vf, diff = split_field(f, y0, ts, args)
+        vf, diff = split_field(f, y0, ts, args, event_cond(options))
         solver = options.solver
 
         @jax.custom_vjp
         def core(y0, ts, d, tols, probe):
-            ys, stats, result, _, dt_next = run_loop(vf, y0, ts, d, tols, options)
-            return ys, stats, result, dt_next
+            return outputs(run_loop(vf, y0, ts, d, tols, options))
 
         def core_fwd(y0, ts, d, tols, probe):
             recorder = _StepTimes(options.max_steps)
-            ys, stats, result, aux, dt_next = run_loop(vf, y0, ts, d, tols, options, recorder)
-            return (ys, stats, result, dt_next), (y0, ts, d, tols, probe, stats, aux)
+            out = run_loop(vf, y0, ts, d, tols, options, recorder)
+            res = (y0, ts, d, tols, probe, out.stats, out.aux, event_step(out))
+            return outputs(out), res
 
-        def backward(res, g_ys):
-            return _reversible_backward(vf, solver, res, g_ys)
+        def backward(res, cts):
+            return _reversible_backward(vf, solver, res, cts)
 
         backward = not_differentiable_twice(
             backward,
             "ode_jax: the reversible adjoint cannot be differentiated twice; use "
             "adjoint='continuous' for grad-of-grad",
         )
-        core.defvjp(core_fwd, lambda res, cts: backward(res, cts[0]))
-        return core(y0, ts, diff, tols, probe)
+        core.defvjp(core_fwd, backward)
+        return Solved.from_core(core(y0, ts, diff, tols, probe), vf, diff, y0, ts, options)
 
 
 class _StepTimes(Recorder):
@@ -202,7 +207,7 @@ class _StepTimes(Recorder):
         return dict(
             step_t=jnp.zeros((self.max_steps + 1,), ts.dtype),  # last slot: scratch for rejects
             step_dt=jnp.zeros((self.max_steps + 1,), ts.dtype),
-            out_step=jnp.zeros((ts.shape[0],), jnp.int32),
+            out_step=jnp.full((ts.shape[0],), -1, jnp.int32),  # -1: not written
             final=(y0, saved),
         )
 
@@ -221,8 +226,10 @@ class _StepTimes(Recorder):
         return {**aux, "final": (y, saved)}
 
 
-def _reversible_backward(vf, solver: ReversibleSolver, res, g_ys):
-    y0, ts, d, tols, probe, stats, aux = res
+def _reversible_backward(vf, solver: ReversibleSolver, res, cts):
+    y0, ts, d, tols, probe, stats, aux, ev_step = res
+    g_ys = cts[0]
+    inject, g_t0 = injector(cts[4], cts[5], ev_step)
     n_acc = stats["num_accepted"]
     step_t, step_dt, out_step = aux["step_t"], aux["step_dt"], aux["out_step"]
 
@@ -230,7 +237,9 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, g_ys):
         n, y1, z1, back = c
         t_n, dt_n = step_t[n], step_dt[n]
         y_n, z_n, k = solver.inverse(vf, t_n, dt_n, d, y1, z1)
-        back = pull_back_step(solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, z_n, back)
+        back = pull_back_step(
+            solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, z_n, back, inject
+        )
         return n - 1, y_n, z_n, (*back[:-1], back[-1] + k)
 
     y_end, z_end = aux["final"]
@@ -239,7 +248,7 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, g_ys):
         tree_zeros_like(z_end),
         tree_zeros_like(d),
         jnp.zeros_like(ts),
-        jnp.asarray(ts.shape[0] - 1, jnp.int32),
+        last_written_output(out_step),
         jnp.asarray(0, jnp.int32),
     )
     _, y_rec, _, back = jax.lax.while_loop(
@@ -248,6 +257,7 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, g_ys):
     a_y, a_z, a_d, g_ts, _, nfe = back
     a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_z, a_d, g_ts)
     a_y = tree_add(a_y, tree_take(g_ys, 0))
+    g_ts = g_ts.at[0].add(g_t0.astype(g_ts.dtype))
     err = jnp.max(
         jnp.stack(
             [jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree.leaves(y_rec), jax.tree.leaves(y0))]

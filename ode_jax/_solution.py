@@ -47,6 +47,11 @@ class Solution(eqx.Module):
         dt_next: the step size (magnitude) the controller proposes after the last step; pass it
             as ``dt0`` to a solve that continues from ``ts[-1]`` to skip the initial-step search.
             NaN for a length-1 ``ts`` without ``dt0``.
+        step_ts, step_ys: with ``save_steps=True``, every accepted step's end time and state,
+            padded to ``max_steps`` (inf / NaN); ``stats["num_accepted"]`` of them are real.
+        event_time, event_state, event_happened: with an ``event``, when and where the solve
+            stopped (event_time is +-inf when no event happened; event_state is then the
+            state at the end). Outputs at times after the event hold the event state.
     """
 
     ts: jax.Array
@@ -54,10 +59,40 @@ class Solution(eqx.Module):
     stats: dict
     result: jax.Array
     dt_next: jax.Array | None = None
+    step_ts: jax.Array | None = None
+    step_ys: object = None
+    event_time: jax.Array | None = None
+    event_state: object = None
+    event_happened: jax.Array | None = None
+    solved: object = None  # the recorded steps, with dense=True
+    direction: object = 1.0  # +1 or -1: the direction of integration
 
     @property
     def succeeded(self) -> jax.Array:
         return self.result == RESULTS.successful
+
+    def evaluate(self, t):
+        """y(t) from the solver's dense output, for t (a scalar or an array of times) in the
+        solved interval (NaN outside it). Needs ``odeint(..., dense=True)``. Differentiable
+        w.r.t. y0, args and t under every adjoint: the discrete and reversible adjoints give
+        the exact derivative of the interpolant, the continuous adjoint that of the exact
+        solution (a backward solve from t per time)."""
+        if self.solved is None or self.solved.evaluator is None:
+            raise ValueError(
+                "sol.evaluate needs a solve with dense output: odeint(..., dense=True)"
+            )
+        t = jnp.asarray(t)
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            t = t.astype(self.ts.dtype)
+        s = (self.direction * t).astype(self.ts.dtype)
+
+        def one(s_):
+            return self.solved.evaluator(self.solved, s_, False)
+
+        if s.ndim == 0:
+            return one(s)
+        flat = jax.vmap(one)(s.reshape(-1))
+        return jax.tree.map(lambda v: v.reshape(s.shape + v.shape[1:]), flat)
 
 
 def raise_if_failed(tree, result, prefix: str = "ode_jax.odeint"):

@@ -105,8 +105,8 @@ def _pinwheel(key, n):
     radial_std, tangential_std, num_classes, rate = 0.3, 0.1, 5, 0.25
     k1, k2 = jax.random.split(key)
     rads = jnp.linspace(0, 2 * jnp.pi, num_classes, endpoint=False)
-    feats = jax.random.normal(k1, (n, 2)) * jnp.array([radial_std, tangential_std])
-    feats = feats + jnp.array([1.0, 0.0])
+    feats = jax.random.normal(k1, (n, 2)) * jnp.array([[radial_std, tangential_std]])
+    feats = feats + jnp.array([[1.0, 0.0]])
     labels = jax.random.randint(k2, (n,), 0, num_classes)
     angles = rads[labels] + rate * jnp.exp(feats[:, 0])
     c, s = jnp.cos(angles), jnp.sin(angles)
@@ -129,7 +129,7 @@ def _two_spirals(key, n):
 def _checkerboard(key, n):
     k1, k2, k3 = jax.random.split(key, 3)
     x1 = jax.random.uniform(k1, (n,)) * 4 - 2
-    x2_ = jax.random.uniform(k2, (n,)) - jax.random.randint(k3, (n,), 0, 2) * 2
+    x2_ = jax.random.uniform(k2, (n,)) - 2 * jax.random.randint(k3, (n,), 0, 2).astype(x1.dtype)
     x2 = x2_ + jnp.floor(x1) % 2
     return 2 * jnp.stack([x1, x2], -1)
 
@@ -142,7 +142,7 @@ def _moons(key, n):
     inner = jnp.stack([1 - jnp.cos(t), 1 - jnp.sin(t) - 0.5], -1)
     which = jax.random.bernoulli(k1, 0.5, (n,))[:, None]
     x = jnp.where(which, outer, inner) + 0.1 * jax.random.normal(k2, (n, 2))
-    return 2 * x + jnp.array([-1.0, -0.2])
+    return 2 * x + jnp.array([[-1.0, -0.2]])
 
 
 def _circles(key, n):
@@ -186,7 +186,7 @@ def toy_log_density(name: str, x):
     _check_name(name, KNOWN_DENSITY, "name")
     x = jnp.asarray(x)
     if name == "8gaussians":
-        centers = _eight_centers().astype(x.dtype)
+        centers = _eight_centers().astype(x.dtype).reshape((1,) * (x.ndim - 1) + (8, 2))
         d2 = jnp.sum((x[..., None, :] - centers) ** 2, -1)
         log_n = -0.5 * d2 / _EIGHT_STD**2 - jnp.log(2 * jnp.pi * _EIGHT_STD**2)
         return jax.nn.logsumexp(log_n, axis=-1) - jnp.log(8.0)

@@ -11,6 +11,9 @@ import numpy as np
 from .._settings import SolveSettings
 from ._solve import solve_with
 
+# torchdiffeq's ODE-Net: dopri5 at rtol = atol = 1e-3.
+DEFAULT_SETTINGS = SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3)
+
 
 def _call_field(t, y, field):
     return field(t, y)
@@ -23,7 +26,8 @@ class ODEBlock(eqx.Module):
         field: the vector field, any callable module ``field(t, y) -> dy/dt`` (e.g.
             :class:`MLPField`, or a stack of ``ConcatConv2d``); its arrays are the parameters.
         t1, t0: integration interval.
-        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...).
+        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...);
+            default dopri5 at rtol = atol = 1e-3.
 
     ``block(y0)`` returns ``y1``. ``block.solve(y0, probe, **overrides)`` returns
     ``(y1, stats)`` where ``stats`` is the forward pass's ``{"nfe", "num_steps", ...}``;
@@ -44,7 +48,7 @@ class ODEBlock(eqx.Module):
         t1: float = 1.0,
         *,
         t0: float = 0.0,
-        settings: SolveSettings = SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3),
+        settings: SolveSettings = DEFAULT_SETTINGS,
     ):
         if not t1 > t0:
             raise ValueError(f"ODEBlock needs t1 > t0, got t0={t0}, t1={t1}")

@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._settings import SolveSettings
+from ._broadcast import lift
 from ._planar import standard_normal_log_prob
 from ._solve import solve_with
 
 DIVERGENCES = ("exact", "hutchinson")
+DEFAULT_SETTINGS = SolveSettings(solver="dopri5", rtol=1e-5, atol=1e-5)
 NOISES = ("gaussian", "rademacher")
 
 
@@ -71,12 +73,12 @@ class PlanarCNFField(eqx.Module):
     def __call__(self, t, z, args=None):
         del args
         w, u, b = self.params(t, z.dtype)
-        return jnp.tanh(z @ w.T + b) @ u / self.width
+        return jnp.tanh(z @ w.T + lift(b, z.ndim)) @ u / self.width
 
     def flow_and_divergence(self, t, z):
         """``(f(t, z), tr ∂f/∂z)``; shapes ``z.shape`` and ``z.shape[:-1]``."""
         w, u, b = self.params(t, z.dtype)
-        h = jnp.tanh(z @ w.T + b)  # (..., M)
+        h = jnp.tanh(z @ w.T + lift(b, z.ndim))  # (..., M)
         return h @ u / self.width, (1 - h**2) @ jnp.sum(w * u, -1) / self.width
 
 
@@ -146,7 +148,8 @@ class CNF(eqx.Module):
         t0, t1: the integration interval, ``t0 < t1``.
         divergence: "exact" or "hutchinson" (the default of every method; each can override).
         noise: Hutchinson probes, "gaussian" or "rademacher".
-        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...).
+        settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...);
+            default dopri5 at rtol = atol = 1e-5.
 
     Every method takes a batch ``(..., d)`` and returns the solver statistics last; its
     ``overrides`` replace settings for that call (e.g. ``rtol=1e-7``; traced values allowed).
@@ -167,7 +170,7 @@ class CNF(eqx.Module):
         t1: float = 1.0,
         divergence: Literal["exact", "hutchinson"] = "exact",
         noise: Literal["gaussian", "rademacher"] = "gaussian",
-        settings: SolveSettings = SolveSettings(solver="dopri5", rtol=1e-5, atol=1e-5),
+        settings: SolveSettings = DEFAULT_SETTINGS,
     ):
         if not callable(field):
             raise TypeError(f"field must be callable field(t, z), got {type(field).__name__}")

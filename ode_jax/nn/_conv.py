@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ._broadcast import lift
+
 IMPLS = ("auto", "matmul", "native")
 
 
@@ -180,7 +182,7 @@ class ConcatConv2d(eqx.Module):
         out = conv(x, w[:, :, 1:], self.stride, self.padding)
         h, wd = x.shape[1:3]
         t = jnp.asarray(t, x.dtype)
-        out = out + t * _time_map(w[:, :, 0], h, wd, self.stride, self.padding)
+        out = out + t * _time_map(w[:, :, 0], h, wd, self.stride, self.padding)[None]
         if self.bias is not None:
-            out = out + self.bias.astype(x.dtype)
+            out = out + lift(self.bias.astype(x.dtype), out.ndim)
         return out[0] if unbatched else out

@@ -28,9 +28,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._settings import SolveSettings
+from ._broadcast import lift
 from ._linear import _apply
 from ._mlp import MLPField
 from ._solve import solve_with
+
+ODERNN_SETTINGS = SolveSettings(solver="rk4", dt0=0.25)  # four RK4 steps per gap
 
 
 def _call_field(t, y, field):
@@ -46,7 +49,10 @@ def gaussian_kl(mean_q, logvar_q, mean_p=0.0, logvar_p=0.0):
 
 
 def gaussian_log_density(x, mean, logvar):
-    """Elementwise ``log N(x; mean, exp(logvar))``."""
+    """Elementwise ``log N(x; mean, exp(logvar))``. The arguments broadcast against each
+    other after leading axes are added (e.g. one log-variance per dimension, shape (D,))."""
+    ndim = max(jnp.ndim(x), jnp.ndim(mean), jnp.ndim(logvar))
+    x, mean, logvar = (lift(a, ndim) for a in (x, mean, logvar))
     return -0.5 * (jnp.log(2 * jnp.pi) + logvar + (x - mean) ** 2 * jnp.exp(-logvar))
 
 
@@ -120,7 +126,8 @@ class RecognitionRNN(eqx.Module):
         self.readout = eqx.nn.Linear(hidden_size, 2 * latent_size, key=k2)
 
     def __call__(self, x_ND, t_N, t0):
-        inputs = jnp.concatenate([x_ND, _gaps_back_to(t_N, t0)[:, None]], axis=-1)
+        gaps = _gaps_back_to(t_N, t0).astype(x_ND.dtype)
+        inputs = jnp.concatenate([x_ND, gaps[:, None]], axis=-1)
         h0 = jnp.zeros(self.readout.in_features, x_ND.dtype)
         h, _ = jax.lax.scan(lambda h, x: (self.cell(x, h), None), h0, inputs, reverse=True)
         mean, logvar = jnp.split(self.readout(h), 2)
@@ -148,7 +155,7 @@ class ODERNNEncoder(eqx.Module):
         latent_size,
         *,
         field_width=20,
-        settings: SolveSettings = SolveSettings(solver="rk4", dt0=0.25),
+        settings: SolveSettings = ODERNN_SETTINGS,
         key,
     ):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -189,7 +196,8 @@ class LatentODE(eqx.Module):
             uses 2 for the dynamics).
         encoder: "rnn" (:class:`RecognitionRNN`, the paper) or "odernn" (:class:`ODERNNEncoder`).
         cell: the recognition RNN's cell.
-        settings: how the latent trajectories are solved (:class:`ode_jax.SolveSettings`).
+        settings: how the latent trajectories are solved (:class:`ode_jax.SolveSettings`;
+            default ``SolveSettings()``, :func:`ode_jax.odeint`'s defaults).
     """
 
     encoder: eqx.Module
@@ -209,9 +217,10 @@ class LatentODE(eqx.Module):
         decoder_depth=1,
         encoder: Literal["rnn", "odernn"] = "rnn",
         cell: Literal["gru", "tanh"] = "gru",
-        settings: SolveSettings = SolveSettings(),
+        settings: SolveSettings | None = None,
         key,
     ):
+        settings = SolveSettings() if settings is None else settings
         if not isinstance(settings, SolveSettings):
             raise TypeError(f"settings must be an ode_jax.SolveSettings, got {settings!r}")
         self.settings = settings
@@ -286,7 +295,7 @@ class RNNBaseline(eqx.Module):
         self.use_gap = use_gap
 
     def _step(self, h, x, gap):
-        inp = jnp.concatenate([x, gap[None]]) if self.use_gap else x
+        inp = jnp.concatenate([x, gap.astype(x.dtype)[None]]) if self.use_gap else x
         h = self.cell(inp, h)
         return h, self.readout(h)
 

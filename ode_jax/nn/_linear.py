@@ -10,6 +10,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._broadcast import lift
+
 
 def _time_like(t, x):
     """``t`` as a (1,)-shaped array of ``x``'s dtype, broadcast to ``x``'s leading axes."""
@@ -74,5 +76,5 @@ def _apply(linear: eqx.nn.Linear, x):
     w = linear.weight.astype(x.dtype)
     y = x @ w.T
     if linear.bias is not None:
-        y = y + linear.bias.astype(x.dtype)
+        y = y + lift(linear.bias.astype(x.dtype), y.ndim)
     return y

@@ -5,6 +5,8 @@ from __future__ import annotations
 import equinox as eqx
 import jax.numpy as jnp
 
+from ._broadcast import lift
+
 
 class GroupNorm(eqx.Module):
     """Group normalisation (Wu & He 2018) over channels-last arrays.
@@ -57,5 +59,6 @@ class GroupNorm(eqx.Module):
         var = jnp.var(grouped, axis=axes, keepdims=True)
         out = ((grouped - mean) * jnp.reciprocal(jnp.sqrt(var + self.eps))).reshape(x.shape)
         if self.weight is not None:
-            out = out * self.weight.astype(x.dtype) + self.bias.astype(x.dtype)
+            weight, bias = (lift(p.astype(x.dtype), x.ndim) for p in (self.weight, self.bias))
+            out = out * weight + bias
         return out.astype(x.dtype)

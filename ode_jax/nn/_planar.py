@@ -15,6 +15,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ._broadcast import lift
+
 MAPS = ("base_to_data", "data_to_base")
 _BISECTION_STEPS = 60
 
@@ -95,7 +97,7 @@ class PlanarFlow(eqx.Module):
             w, u, b = p
             h = jnp.tanh(z @ w + b)
             logdet = logdet + jnp.log(jnp.abs(1 + (1 - h**2) * jnp.dot(w, u)))
-            return (z + h[..., None] * u, logdet), None
+            return (z + h[..., None] * lift(u, z.ndim), logdet), None
 
         (z, logdet), _ = jax.lax.scan(layer, (z, jnp.zeros(z.shape[:-1], z.dtype)), params)
         return z, logdet
@@ -122,7 +124,7 @@ class PlanarFlow(eqx.Module):
 
             lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (lo, hi))
             a = 0.5 * (lo + hi)
-            return y - jnp.tanh(a + b)[..., None] * u, None
+            return y - jnp.tanh(a + b)[..., None] * lift(u, y.ndim), None
 
         flipped = jax.tree.map(lambda a: a[::-1], params)
         z, _ = jax.lax.scan(layer, y, flipped)
