@@ -26,8 +26,8 @@ def _take(tree, i):
 def step_index(bufs, count, s):
     """The accepted step whose interval holds time s (steps are stored in order)."""
     t = bufs["t"]
-    idx = jnp.arange(t.shape[0])
-    n = jnp.sum(((t <= s) & (idx < count)).astype(jnp.int32)) - 1
+    idx = jnp.arange(t.shape[0], dtype=jnp.int32)
+    n = jnp.sum((t <= s) & (idx < count), dtype=jnp.int32) - 1
     return jnp.clip(n, 0, jnp.maximum(count - 1, 0))
 
 

@@ -143,7 +143,7 @@ class StepRecorder(Recorder):
 def last_written_output(out_step):
     """The index of the last output a step wrote (outputs after an event or a failure were
     never written; ts[0] is output 0)."""
-    return jnp.sum((out_step[1:] >= 0).astype(jnp.int32))
+    return jnp.sum(out_step[1:] >= 0, dtype=jnp.int32)
 
 
 def _has_output(out_step, oi, n):

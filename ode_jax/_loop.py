@@ -52,8 +52,8 @@ class Recorder:
         return aux
 
     def on_state(self, aux, y, saved):
-        """Called at the end of every attempted step with the state carried on (y and the
-        solver's checkpoint state): after the last step, the solve's final state."""
+        """Called at the end of every attempted step with the state after the last accepted
+        step (y, not truncated by an event, and the solver's checkpoint state)."""
         return aux
 
 
@@ -341,7 +341,10 @@ def integrate(
             dense_bufs = record_dense(s.dense, accept, s.num_accepted, s.t, dt, info, y1)
         y_next = tree_where(accept, y_stop, s.y)
         solver_state = solver.select_state(accept, s.solver_state, new_solver_state, info)
-        aux = recorder.on_state(aux, y_next, solver.checkpoint_state(solver_state))
+        # The state at the end of the last accepted step, before an event truncates it: the
+        # reversible adjoint inverts steps from there.
+        y_full = tree_where(accept, y1, s.y)
+        aux = recorder.on_state(aux, y_full, solver.checkpoint_state(solver_state))
         return _State(
             t=jnp.where(accept, t_stop, s.t),
             y=y_next,

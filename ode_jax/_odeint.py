@@ -365,9 +365,10 @@ def _event_outputs(solved, event, field, field_args, direction, ts, ys):
 
     ys = jax.tree.map(fill, ys, y_star)
     never = jnp.asarray(jnp.inf, ts.dtype) * direction
+    end_state = jax.tree.map(lambda b: b[-1], ys)
     extras = dict(
         event_time=jnp.where(happened, direction * s_d, never),
-        event_state=y_star,
+        event_state=jax.tree.map(lambda a, b: jnp.where(happened, a, b), y_star, end_state),
         event_happened=happened,
     )
     return extras, ys
@@ -376,7 +377,7 @@ def _event_outputs(solved, event, field, field_args, direction, ts, ys):
 def _saved_steps(solved, direction, max_steps):
     """Every accepted step's end time and state, padded to max_steps."""
     bufs, count = solved.dense, solved.stats["num_accepted"]
-    valid = jnp.arange(max_steps) < count
+    valid = jnp.arange(max_steps, dtype=jnp.int32) < count
     s_end = bufs["t"][:max_steps] + bufs["dt"][:max_steps]
     # Under the continuous adjoint the stored states carry no gradient; evaluating the dense
     # output at each step's end gives them the exact-solution gradient (a backward solve
