@@ -34,7 +34,7 @@ class ODENetConfig(TrainConfig):
     solver: Literal["bosh3", "dopri5", "tsit5"] = "dopri5"  # ODE block's adaptive RK method
     rtol: float = 1e-3  # ODE block's relative tolerance (training and evaluation)
     atol: float = 1e-3  # ODE block's absolute tolerance
-    seminorm: bool = False  # continuous adjoint: leave parameters out of the backward error norm
+    seminorm: bool = False  # odenet's continuous adjoint: parameters out of the backward error norm
     # ODE block's ConcatConv2d: auto = shifted matmuls on CPU (fast gradients in loops), else native
     conv_impl: Literal["auto", "matmul", "native"] = "auto"
     max_steps: int = 1024  # ODE block's step limit per solve

@@ -14,6 +14,7 @@ on those whose targets run past the part of the trajectory that training windows
 from __future__ import annotations
 
 import functools
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -130,7 +131,7 @@ def build(cfg: LatentODEConfig) -> common.Task:
     x_all, t_all = (jnp.asarray(a) for a in observed(train, train_idx))
     idx_all = jnp.asarray(train_idx)
     grid = train.ts[: cfg.n_grid]  # numpy: concrete times inside jit
-    obs_logvar = 2 * np.log(cfg.obs_std)
+    obs_logvar = 2 * math.log(cfg.obs_std)  # a Python float: takes the data's dtype
     num_eval_train = min(cfg.num_train, cfg.num_test)
 
     def init_model(key):

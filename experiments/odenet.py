@@ -67,7 +67,7 @@ class Conv2d(eqx.Module):
             ((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
-        return out if self.bias is None else out + self.bias
+        return out if self.bias is None else out + self.bias.reshape(1, 1, 1, -1)
 
 
 class Downsample(eqx.Module):
@@ -156,7 +156,7 @@ class Classifier(eqx.Module):
     def head(self, h_NHWC):
         """Features after the body -> logits (N, classes)."""
         h = jnp.mean(jax.nn.relu(self.head_norm(h_NHWC)), axis=(1, 2))
-        return h @ self.linear.weight.T + self.linear.bias
+        return h @ self.linear.weight.T + self.linear.bias[None]
 
 
 def make_model(cfg: ODENetConfig, key) -> Classifier:
@@ -222,10 +222,16 @@ def cross_entropy(logits, labels):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
 
+def is_correct(logits_NK, labels_N):
+    """Whether the top class is the label: (N,) bool (argmax's int in the labels' dtype)."""
+    labels_N = jnp.asarray(labels_N)
+    return jnp.argmax(logits_NK, -1).astype(labels_N.dtype) == labels_N
+
+
 @eqx.filter_jit
 def _eval_batch(model, images, labels):
     logits, stats = model(to_float(images))
-    wrong = jnp.sum(jnp.argmax(logits, -1) != labels)
+    wrong = jnp.sum(~is_correct(logits, labels))
     loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
     return wrong, loss, stats["nfe"]
 
@@ -262,7 +268,7 @@ def build(cfg: ODENetConfig) -> common.Task:
     def loss(model, batch, key, probe):
         del key
         logits, stats = model(batch["images"], probe)
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["labels"])
+        acc = jnp.mean(is_correct(logits, batch["labels"]))
         return cross_entropy(logits, batch["labels"]), {"nfe_fwd": stats["nfe"], "train_acc": acc}
 
     def evaluate(model):

@@ -77,7 +77,7 @@ def build(cfg: SpiralConfig) -> common.Task:
     @jax.jit
     def get_batch(key):
         starts = jax.random.randint(key, (cfg.batch_size,), 0, cfg.data_size - cfg.batch_time + 1)
-        windows = ys[starts[:, None] + jnp.arange(cfg.batch_time)]  # (B, T, 2)
+        windows = ys[starts[:, None] + jnp.arange(cfg.batch_time)[None]]  # (B, T, 2)
         return {"y0": windows[:, 0], "target": windows}
 
     def loss(model, batch, key, probe):

@@ -9,12 +9,13 @@ import jax.scipy.linalg
 import numpy as np
 import pytest
 
+import ode_jax
 from configs.cnf import CNFConfig
 from experiments import cnf as cnf_experiment
 from ode_jax import data, nn
 
 KEY = jax.random.key(0)
-TIGHT = dict(rtol=1e-9, atol=1e-9)
+TIGHT = ode_jax.SolveSettings(solver="dopri5", rtol=1e-9, atol=1e-9)
 
 
 class LinearField(eqx.Module):
@@ -69,7 +70,8 @@ def test_hutchinson_is_unbiased(noise):
     assert jnp.std(est) > 1e-3  # one probe alone is noisy...
     assert abs(jnp.mean(est) - exact) < 4 * se  # ...but the mean converges to the trace
     if noise == "rademacher":  # εᵢ² = 1: the diagonal is exact, only off-diagonals add noise
-        _, est_diag = nn.divergence_hutchinson(lambda y: y * jnp.array([1.0, 2.0, 3.0]), zz, eps)
+        scale = jnp.array([[1.0, 2.0, 3.0]])
+        _, est_diag = nn.divergence_hutchinson(lambda y: y * scale, zz, eps)
         np.testing.assert_allclose(est_diag, 6.0, rtol=1e-12)
 
 
@@ -83,7 +85,8 @@ def test_linear_field_log_density_and_gradient(adjoint):
         return jnp.mean(nn.standard_normal_log_prob(z)) + 1.5 * jnp.trace(a)
 
     def solved(a):
-        logp, stats = nn.CNF(LinearField(a), t1=1.5, adjoint=adjoint, **TIGHT).log_prob(x)
+        cnf = nn.CNF(LinearField(a), t1=1.5, settings=TIGHT.replace(adjoint=adjoint))
+        logp, stats = cnf.log_prob(x)
         return jnp.mean(logp), stats["nfe"]
 
     (value, nfe), grad = jax.value_and_grad(solved, has_aux=True)(A)
@@ -93,7 +96,7 @@ def test_linear_field_log_density_and_gradient(adjoint):
 
 
 def test_hutchinson_log_density_is_unbiased():
-    cnf = nn.CNF(LinearField(A), divergence="hutchinson", noise="rademacher", **TIGHT)
+    cnf = nn.CNF(LinearField(A), divergence="hutchinson", noise="rademacher", settings=TIGHT)
     x = jnp.broadcast_to(jnp.array([0.3, -0.7]), (4000, 2))
     logp, _ = cnf.log_prob(x, key=jax.random.key(6))
     exact = nn.standard_normal_log_prob(x[0] @ jax.scipy.linalg.expm(A).T) + jnp.trace(A)
@@ -104,7 +107,8 @@ def test_hutchinson_log_density_is_unbiased():
 
 
 def test_density_integrates_to_one():
-    cnf = nn.CNF(nn.MLPField(2, 16, 2, time="concatsquash", key=jax.random.key(7)), rtol=1e-7)
+    field = nn.MLPField(2, 16, 2, time="concatsquash", key=jax.random.key(7))
+    cnf = nn.CNF(field, settings=ode_jax.SolveSettings(solver="dopri5", rtol=1e-7, atol=1e-5))
     g = jnp.linspace(-7, 7, 141)
     pts = jnp.stack(jnp.meshgrid(g, g), -1).reshape(-1, 2)
     logp, _ = cnf.log_prob(pts)
@@ -115,13 +119,31 @@ def test_density_integrates_to_one():
 
 
 def test_sampling_inverts_the_forward_map():
-    cnf = nn.CNF(nn.PlanarCNFField(2, 8, key=KEY), t1=2.0, **TIGHT)
+    cnf = nn.CNF(nn.PlanarCNFField(2, 8, key=KEY), t1=2.0, settings=TIGHT)
     z = jax.random.normal(jax.random.key(8), (10, 2))
     x, logq, _ = cnf.sample_with_log_prob(z)
     assert jnp.max(jnp.abs(x - z)) > 1e-2
     z_again, logp, _ = cnf.to_base(x)
     np.testing.assert_allclose(z_again, z, atol=1e-7)
     np.testing.assert_allclose(logp, logq, atol=1e-7)
+
+
+def test_settings_and_per_call_overrides():
+    field = nn.PlanarCNFField(2, 8, key=KEY)
+    loose = nn.CNF(field, settings=ode_jax.SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3))
+    x = jax.random.normal(jax.random.key(9), (5, 2))
+    tight_logp, tight_stats = nn.CNF(field, settings=TIGHT).log_prob(x)
+    logp, stats = loose.log_prob(x, rtol=1e-9, atol=1e-9)  # this call only
+    np.testing.assert_allclose(logp, tight_logp, rtol=1e-12)
+    assert int(stats["nfe"]) == int(tight_stats["nfe"]) > int(loose.log_prob(x)[1]["nfe"])
+    with pytest.raises(TypeError, match="unknown solve setting"):
+        loose.log_prob(x, rtl=1e-3)
+    with pytest.raises(TypeError, match="SolveSettings"):
+        nn.CNF(field, settings=dict(rtol=1e-3))
+    with pytest.raises(TypeError, match="rtol"):
+        nn.CNF(field, rtol=1e-3)  # the former keywords live in the settings
+    flow = cnf_experiment.init_flow(CNFConfig(rtol=1e-4, adjoint="discrete"), KEY)
+    assert flow.settings == CNFConfig(rtol=1e-4, adjoint="discrete").solve_settings()
 
 
 @pytest.mark.parametrize("dim", [2, 3])

@@ -19,7 +19,7 @@ def _reference(conv, t, x_NHWC):
         padding=((conv.padding, conv.padding),) * 2,
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-    return out if conv.bias is None else out + conv.bias
+    return out if conv.bias is None else out + conv.bias.reshape(1, 1, 1, -1)
 
 
 CASES = [

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -31,19 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("name", ["sgd", "adam"])
 def test_weight_decay_only_on_kernels(name):
     """With zero gradients the update is -lr * wd * w on matrices and zero on biases."""
-    from experiments.common.loop import make_optimizer
+    from experiments.common.loop import make_optimizer, optimizer_update
 
     model = eqx.nn.MLP(3, 2, 8, 1, key=jax.random.key(0))
     params = eqx.filter(model, eqx.is_inexact_array)
     zeros = jax.tree.map(jnp.zeros_like, params)
     lr, wd = 0.1, 0.5
     opt = make_optimizer(name, 0.9, lr, "constant", 0, (), 1.0, 0.0, wd)
-    updates, _ = opt.update(zeros, opt.init(params), params)
+    updates, _ = optimizer_update(opt, zeros, opt.init(params), params)
     for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params)):
         expected = -lr * wd * p if p.ndim >= 2 else jnp.zeros_like(p)
         np.testing.assert_allclose(u, expected, rtol=1e-6, atol=1e-12)
     plain = make_optimizer(name, 0.9, lr, "constant", 0, (), 1.0, 0.0, 0.0)
-    updates, _ = plain.update(zeros, plain.init(params), params)
+    updates, _ = optimizer_update(plain, zeros, plain.init(params), params)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
 
 
@@ -97,6 +98,30 @@ def test_bad_values_in_code():
     assert config_from_dict(SpiralConfig, json.loads(json.dumps(config_to_dict(cfg)))) == cfg
 
 
+def test_solver_fields_make_one_solve_settings():
+    from configs.cnf import CNFConfig
+    from configs.latent_ode import LatentODEConfig
+    from configs.odenet import ODENetConfig
+
+    argv = ["--rtol", "1e-4", "--seminorm", "--max-steps", "77"]
+    cfg = parse_config(ODENetConfig, {}, argv)
+    seminorm = ode_jax.ContinuousAdjoint(seminorm=True)
+    assert cfg.solve_settings() == ode_jax.SolveSettings(
+        solver="dopri5", rtol=1e-4, atol=1e-3, max_steps=77, adjoint=seminorm
+    )
+    assert cfg.solve_settings(adjoint="discrete").adjoint == "discrete"  # overrides win
+    spiral = SpiralConfig(solver="bosh3", adjoint="discrete")
+    assert spiral.solve_settings() == ode_jax.SolveSettings(
+        solver="bosh3", rtol=1e-5, atol=1e-6, adjoint="discrete"
+    )
+    assert CNFConfig(rtol=1e-4).solve_settings().rtol == 1e-4
+    assert LatentODEConfig().solve_settings().adjoint == "discrete"
+    with pytest.raises(ValueError, match=r"LatentODEConfig\.rtol=0\.0 must be positive"):
+        LatentODEConfig(rtol=0.0)  # every config's solver fields are checked, in one place
+    with pytest.raises(TypeError, match="no solver fields"):
+        ToyConfig().solve_settings()
+
+
 # --- a tiny task for the training loop ----------------------------------------------------
 
 
@@ -132,14 +157,14 @@ def toy_task():
         return {"y0": y0, "y1": y0 * np.exp(-0.5).astype(np.float32)}
 
     def loss(model, batch, key, probe):
-        noise = 1e-3 * jax.random.normal(key, ())  # exercises the per-step key
+        noise = 1e-3 * jax.random.normal(key, (), jnp.float32)  # exercises the per-step key
         sol = solve(model, batch["y0"], probe)
         return jnp.mean((sol.ys[-1] - batch["y1"]) ** 2) + noise, {"nfe_fwd": sol.stats["nfe"]}
 
     @eqx.filter_jit
     def evaluate(model):
         y0 = jnp.ones((1, 2), jnp.float32)
-        return {"err": jnp.abs(solve(model, y0).ys[-1] - np.exp(-0.5)).max()}
+        return {"err": jnp.abs(solve(model, y0).ys[-1] - float(np.exp(-0.5))).max()}
 
     # float32 parameters, like the experiments (the tests run with x64 enabled).
     return Task(
@@ -178,6 +203,38 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(dataclasses.replace(cfg, lr=3e-2), task)
     restarted = train(dataclasses.replace(cfg, fresh=True, steps=2), task)
     assert [r["step"] for r in restarted.history] == [2]
+
+
+def test_best_model_kept_and_cleared_when_a_run_starts_over(tmp_path):
+    """With Task.select the loop keeps the lowest-scoring model in out/best; a run that starts
+    from scratch (--fresh, or no checkpoint) never scores an earlier run's best model."""
+    task = dataclasses.replace(toy_task(), select="err")
+    cfg = ToyConfig(out=str(tmp_path), lr=1e-2, eval_every=2)
+    best_dir = tmp_path / "best"
+
+    def best_of(result):
+        lowest = min(result.evals, key=lambda r: r["err"])
+        return {"step": lowest["step"], "err": lowest["err"]}
+
+    result = train(cfg, task)
+    assert checkpoint.read_best(best_dir) == best_of(result)
+    like = task.init_model(jax.random.key(1))
+    saved = eqx.tree_deserialise_leaves(best_dir / "model.eqx", like)
+    np.testing.assert_allclose(task.evaluate(saved)["err"], best_of(result)["err"], rtol=1e-6)
+
+    # A better-scoring model of an earlier run: kept by a resumed run, dropped by a fresh one.
+    stale = {"step": 99, "err": -1.0}
+    checkpoint.save_best(best_dir, like, stale)
+    train(cfg, task)  # resumes at the final checkpoint: nothing to do
+    assert checkpoint.read_best(best_dir) == stale
+    fresh = train(dataclasses.replace(cfg, fresh=True), task)
+    assert checkpoint.read_best(best_dir) == best_of(fresh) == best_of(result)
+    checkpoint.save_best(best_dir, like, stale)
+    shutil.rmtree(tmp_path / "checkpoint")  # no checkpoint: a new run, too
+    train(cfg, task)
+    assert checkpoint.read_best(best_dir) == best_of(result)
+    with pytest.raises(KeyError, match="select"):
+        train(ToyConfig(out=str(tmp_path / "bad")), dataclasses.replace(task, select="acc"))
 
 
 def test_checkpoint_roundtrip_is_exact(tmp_path):

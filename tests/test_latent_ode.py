@@ -17,6 +17,7 @@ from experiments.common.cli import config_to_dict
 from ode_jax.data import make_spirals, observation_mask, sample_observation_indices
 from ode_jax.nn import (
     LatentODE,
+    ODERNNEncoder,
     RNNBaseline,
     gaussian_kl,
     gaussian_log_density,
@@ -152,6 +153,29 @@ def test_elbo_terms_match_a_per_sequence_computation(encoder):
         expected = gaussian_log_density(x[b], model.decode(z), logvar).sum()
         np.testing.assert_allclose(log_lik[b], expected, rtol=1e-7)
         np.testing.assert_allclose(kl[b], gaussian_kl(mean[b], lv[b]), rtol=1e-12)
+
+
+def test_latent_ode_and_odernn_hold_their_settings():
+    settings = ode_jax.SolveSettings(solver="bosh3", rtol=1e-4, atol=1e-6)
+    model = LatentODE(
+        2, 4, rnn_hidden=5, field_width=6, decoder_width=6, settings=settings, key=jax.random.key(0)
+    )
+    z0 = jax.random.normal(jax.random.key(1), (3, 4))
+    grid = np.linspace(0.0, 1.0, 5)
+    z, stats = model.trajectory(z0, grid)
+    ref, ref_stats = solve_on_union(model.field, z0, grid, settings)
+    np.testing.assert_array_equal(z, ref)
+    assert int(stats["nfe"]) == int(ref_stats["nfe"]) > 0
+    tight, _ = model.trajectory(z0, grid, **TIGHT)  # overrides for this call
+    np.testing.assert_allclose(tight, solve_on_union(model.field, z0, grid, **TIGHT)[0])
+    assert not np.allclose(tight, z, rtol=1e-9, atol=0)
+    encoder = ODERNNEncoder(
+        2, 5, 4, settings=ode_jax.SolveSettings(solver="rk4", dt0=0.5), key=jax.random.key(2)
+    )
+    mean, logvar = encoder(jnp.ones((3, 2)), jnp.array([0.1, 0.4, 0.9]), 0.0)
+    assert mean.shape == logvar.shape == (4,) and jnp.all(jnp.isfinite(mean))
+    with pytest.raises(TypeError, match="SolveSettings"):
+        LatentODE(settings=dict(rtol=1e-3), key=jax.random.key(0))
 
 
 def test_rnn_baselines():

@@ -88,7 +88,8 @@ def test_groupnorm(shape, spatial):
     np.testing.assert_allclose(eqx.filter_jit(norm)(x), out, rtol=1e-12)
     if lead:
         np.testing.assert_allclose(jax.vmap(norm)(x), out, rtol=1e-10, atol=1e-12)
-    g = eqx.filter_grad(lambda n: jnp.sum(n(x) * jnp.arange(6)))(norm)
+    weights = jnp.arange(6.0).reshape((1,) * (len(shape) - 1) + (6,))
+    g = eqx.filter_grad(lambda n: jnp.sum(n(x) * weights))(norm)
     assert jnp.all(jnp.isfinite(g.weight)) and jnp.any(g.weight != 0)
 
 
@@ -101,7 +102,8 @@ def test_groupnorm_bad_shape():
 
 def _block(adjoint="continuous"):
     field = nn.MLPField(2, 8, 1, time="concat", key=KEY)
-    return nn.ODEBlock(field, t1=0.5, rtol=1e-8, atol=1e-8, adjoint=adjoint)
+    settings = ode_jax.SolveSettings(solver="dopri5", rtol=1e-8, atol=1e-8, adjoint=adjoint)
+    return nn.ODEBlock(field, t1=0.5, settings=settings)
 
 
 def test_odeblock_matches_odeint_and_reports_nfe():
@@ -159,3 +161,64 @@ def test_odeblock_jit_vmap_grad(adjoint):
 def test_odeblock_bad_interval():
     with pytest.raises(ValueError, match="t1 > t0"):
         nn.ODEBlock(lambda t, y: y, t1=0.0)
+
+
+def test_odeblock_settings_and_per_call_overrides():
+    loose = nn.ODEBlock(
+        _block().field, t1=0.5, settings=ode_jax.SolveSettings(solver="dopri5", rtol=1e-3)
+    )
+    y0 = jax.random.normal(KEY, (4, 2))
+    tight, tight_stats = _block().solve(y0)
+    y1, stats = loose.solve(y0, rtol=1e-8, atol=1e-8)  # this call only
+    np.testing.assert_allclose(y1, tight, rtol=1e-12)
+    assert int(stats["nfe"]) == int(tight_stats["nfe"]) > int(loose.solve(y0)[1]["nfe"])
+
+    # Overrides may be traced: a sweep over tolerances compiles once.
+    traces = []
+
+    @eqx.filter_jit
+    def nfe(block, tol):
+        traces.append(tol)
+        return block.solve(y0, rtol=tol, atol=tol)[1]["nfe"]
+
+    sweep = [int(nfe(loose, jnp.asarray(tol))) for tol in (1e-1, 1e-4, 1e-8)]
+    assert len(traces) == 1 and sweep == sorted(sweep)
+    assert sweep[0] < sweep[-1] == int(tight_stats["nfe"])
+
+    with pytest.raises(TypeError, match="unknown solve setting"):
+        loose.solve(y0, rtl=1e-3)
+    with pytest.raises(TypeError, match="SolveSettings"):
+        nn.ODEBlock(loose.field, settings=dict(rtol=1e-3))
+    with pytest.raises(TypeError, match="rtol"):
+        nn.ODEBlock(loose.field, rtol=1e-3)  # the former keywords live in the settings
+
+
+def test_odeblock_adjoint_options_in_settings():
+    """ContinuousAdjoint options (here the seminorm) ride in the settings; the gradient agrees
+    with the default adjoint's to the solver tolerance."""
+    block = _block()
+    semi = nn.ODEBlock(
+        block.field,
+        t1=0.5,
+        settings=block.settings.replace(adjoint=ode_jax.ContinuousAdjoint(seminorm=True)),
+    )
+    y0 = jax.random.normal(KEY, (3, 2))
+
+    def grad(block):
+        return eqx.filter_grad(lambda b: jnp.sum(b(y0) ** 2))(block)
+
+    for g, g_semi in zip(jax.tree.leaves(grad(block)), jax.tree.leaves(grad(semi))):
+        np.testing.assert_allclose(g_semi, g, rtol=1e-5, atol=1e-8)
+
+
+def test_odeblock_checkpoints_load_across_settings(tmp_path):
+    """Settings are static: a block saved with some settings loads into one with others (as
+    checkpoints of models trained before SolveSettings existed do)."""
+    saved = _block()
+    eqx.tree_serialise_leaves(tmp_path / "block.eqx", saved)
+    field = nn.MLPField(2, 8, 1, time="concat", key=jax.random.key(1))
+    like = nn.ODEBlock(field, t1=0.5, settings=ode_jax.SolveSettings(solver="bosh3"))
+    loaded = eqx.tree_deserialise_leaves(tmp_path / "block.eqx", like)
+    assert loaded.settings.solver == "bosh3"
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(a, b)

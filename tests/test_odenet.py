@@ -1,5 +1,6 @@
 """Image classifiers (paper Table 1): shapes, parameter counts, --smoke runs, the NFE study."""
 
+import dataclasses
 import json
 
 import jax
@@ -7,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ode_jax
 from configs.odenet import ODENetConfig
 from experiments import nfe_study, odenet
 from tests.test_data import write_dataset
@@ -30,6 +32,15 @@ def test_shapes(model):
     logits, stats = net(x)
     assert logits.shape == (3, 10) and logits.dtype == jnp.float32
     assert (int(stats["nfe"]) > 0) == (model == "odenet")
+
+
+def test_ode_blocks_take_the_config_settings():
+    cfg = ODENetConfig(width=8, rtol=1e-4, seminorm=True, conv_impl="native")
+    body = odenet.make_model(cfg, jax.random.key(0)).body
+    assert body.settings == cfg.solve_settings()
+    assert body.settings.adjoint == ode_jax.ContinuousAdjoint(seminorm=True)
+    rknet = odenet.make_model(dataclasses.replace(cfg, model="rknet"), jax.random.key(0)).body
+    assert rknet.settings == cfg.solve_settings(adjoint="discrete")  # backprop through steps
 
 
 def test_random_crop_shifts_with_zero_fill():

@@ -113,6 +113,14 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def optimizer_update(optimizer, grads, opt_state, params):
+    """``optimizer.update`` under standard dtype promotion: optax is not clean under
+    ``jax_numpy_dtype_promotion="strict"`` (Adam's bias correction raises a Python float
+    to an int32 step count), which our own code is checked under."""
+    with jax.numpy_dtype_promotion("standard"):
+        return optimizer.update(grads, opt_state, params)
+
+
 @functools.lru_cache(maxsize=16)  # a resumed or repeated run in one process compiles once
 def make_train_step(loss_fn: Callable, optimizer, mesh):
     """A jitted ``(model, opt_state, batch, key) -> (model, opt_state, metrics)``."""
@@ -129,7 +137,7 @@ def make_train_step(loss_fn: Callable, optimizer, mesh):
             (model, probe)
         )
         params = eqx.filter(model, eqx.is_inexact_array)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
+        updates, opt_state = optimizer_update(optimizer, grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
         model, opt_state = eqx.filter_shard((model, opt_state), rep)
         metrics = dict(aux, loss=loss, nfe_bwd=ode_jax.probe_stats(probe_grad)["nfe"])
