@@ -154,7 +154,8 @@ def integrate(
         nfe = nfe + 2
     else:
         dt_init = jnp.asarray(dt0, tdtype)
-    solver_state, n_init = solver.init(f, t0, y0, args, f0)
+    extra = {"tols": tols} if solver.needs_tolerances else {}
+    solver_state, n_init = solver.init(f, t0, y0, args, f0, **extra)
     if n_out == 2:
         # A zero-length solve (ts[0] == ts[1]) takes no step: its end is its start.
         ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(t_end <= t0, v, buf[1])), ys, y0)
@@ -320,6 +321,8 @@ def integrate(
             failed = jnp.where(
                 ~finite | s.nonfinite, RESULTS.nonfinite, RESULTS.step_size_underflow
             )
+            why = solver.failure(new_solver_state)
+            failed = jnp.where(why != 0, why, failed)
             result = jnp.where(underflow, failed, s.result).astype(i32)
             nonfinite = jnp.where(accept, False, ~finite)
         else:
@@ -375,6 +378,7 @@ def integrate(
         "num_steps": state.num_steps,
         "num_accepted": state.num_accepted,
         "num_rejected": state.num_rejected,
+        **solver.counters(state.solver_state),
     }
     ev = state.event
     if ev is not None:

@@ -69,7 +69,14 @@ class SolveSettings(eqx.Module):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def odeint(self, f: Callable, y0, ts, args=None, *, probe=None, throw=True, **overrides):
-        """:func:`ode_jax.odeint` with these settings (``overrides`` replace fields)."""
-        settings = self.replace(**overrides) if overrides else self
-        sol: Solution = odeint(f, y0, ts, args, probe=probe, throw=throw, **settings.kwargs())
+        """:func:`ode_jax.odeint` with these settings; ``overrides`` replace fields for this call
+        and may be traced values (a tolerance swept under jit compiles once)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - fields
+        if unknown:
+            raise TypeError(
+                f"SolveSettings has no field(s) {sorted(unknown)}; fields: {sorted(fields)}"
+            )
+        kwargs = {**self.kwargs(), **overrides}
+        sol: Solution = odeint(f, y0, ts, args, probe=probe, throw=throw, **kwargs)
         return sol

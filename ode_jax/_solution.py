@@ -16,6 +16,8 @@ class RESULTS:
     nonfinite = 3
     nonfinite_y0 = 4
     nonfinite_args = 5
+    newton_failed = 6
+    singular = 7
 
     messages = (
         "successful",

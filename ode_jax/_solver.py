@@ -38,6 +38,10 @@ class AbstractSolver(eqx.Module):
     order: eqx.AbstractVar[int]
     adaptive: eqx.AbstractVar[bool]
 
+    # Solvers that need the solve's tolerances (e.g. for a Newton iteration's stopping test)
+    # set this; their init then takes a keyword ``tols`` (an ode_jax._loop.Tolerances).
+    needs_tolerances = False
+
     @abc.abstractmethod
     def init(self, f, t0, y0, args, f0=None) -> tuple[Any, jax.Array]:
         """The per-solve state at (t0, y0) and the number of evaluations of f it cost.
@@ -60,6 +64,16 @@ class AbstractSolver(eqx.Module):
     def interpolate(self, dense_info, theta):
         """y at ``t + theta * dt`` within the step that produced ``dense_info`` (theta in
         [0, 1]); at theta = 1 it must equal the step's y1."""
+
+    def counters(self, state) -> dict:
+        """Work counters the solver keeps in its state beyond f evaluations (e.g.
+        {"num_jacobians", "num_lu"}), reported in ``sol.stats``. Default: none."""
+        return {}
+
+    def failure(self, state) -> jax.Array:
+        """A result code (see :class:`ode_jax.RESULTS`) explaining why the last step failed,
+        reported if the step size then underflows; 0 when the step itself did not fail."""
+        return jnp.asarray(0, jnp.int32)
 
     def select_state(self, accept, old_state, new_state, dense_info):
         """The state to carry after a step is accepted (``accept``) or rejected."""

@@ -18,6 +18,7 @@ from ._runge_kutta import (  # noqa: F401  (re-exported for tests and extensions
     looped,
     rk_step,
 )
+from ._implicit import KVAERNO3, KVAERNO5, RODAS5
 from ._solver import AbstractSolver
 
 
@@ -113,6 +114,10 @@ SOLVERS: dict[str, AbstractSolver] = {
         ),
     ]
 }
+
+
+# Stiff problems: ESDIRK (simplified Newton) and Rosenbrock methods.
+SOLVERS.update({m.name: m for m in (KVAERNO3, KVAERNO5, RODAS5)})
 
 
 def get_solver(solver) -> AbstractSolver:
