@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _tableaux as tab
+from ._implicit import KVAERNO3, KVAERNO5, RODAS5
 from ._runge_kutta import (  # noqa: F401  (re-exported for tests and extensions)
     RungeKutta,
     dense_eval,
@@ -18,7 +19,6 @@ from ._runge_kutta import (  # noqa: F401  (re-exported for tests and extensions
     looped,
     rk_step,
 )
-from ._implicit import KVAERNO3, KVAERNO5, RODAS5
 from ._solver import AbstractSolver
 
 
