@@ -176,8 +176,7 @@ def pull_back_step(
         # Output oi = interpolate(info, theta), theta = (ts[oi] - t_n) / dt_n.
         oi, ct_info, g_ts, g_tn = c
         theta = (ts[oi] - t_n) / dt_n
-        _, pull = jax.vjp(solver.interpolate, info, theta)
-        ct_i, ct_theta = pull(tree_take(g_ys, oi))
+        ct_i, ct_theta = solver.interpolate_vjp(info, theta, tree_take(g_ys, oi))
         g_theta = (ct_theta / dt_n).astype(g_ts.dtype)  # dL/dts[oi]; t_n gets the negative
         return oi - 1, tree_add(ct_info, ct_i), g_ts.at[oi].add(g_theta), g_tn - g_theta
 

@@ -251,6 +251,28 @@ class RungeKutta(AbstractSolver):
         y0, ks, dt = dense_info
         return dense_eval(self, y0, ks, dt, theta)
 
+    def interpolate_vjp(self, dense_info, theta, ct):
+        # The dense output is linear in (y0, ks): y0 gets ct, k_i gets dt w_i(theta) ct, and
+        # theta gets <ct, dt sum_i w_i'(theta) k_i>; no forward evaluation needed.
+        y0, ks, dt = dense_info
+        w = dense_weights(self, theta)
+        dw = dense_weights(self, theta, derivative=True)
+        ct_ks = [
+            jax.tree.map(lambda c, k: (jnp.asarray(dt) * wi).astype(k.dtype) * c, ct, k)
+            for wi, k in zip(w, ks)
+        ]
+        ct_theta = sum(
+            jnp.sum(jnp.real((jnp.asarray(dt) * dwi).astype(k.dtype) * c * k)).astype(
+                jnp.result_type(theta)
+            )
+            for dwi, k in zip(dw, ks)
+            if not (isinstance(dwi, float) and dwi == 0.0)
+            for c, k in zip(jax.tree.leaves(ct), jax.tree.leaves(k))
+        )
+        return (ct, ct_ks, jnp.zeros_like(jnp.asarray(dt))), jnp.asarray(ct_theta).astype(
+            jnp.result_type(theta)
+        )
+
     def select_state(self, accept, old_state, new_state, dense_info):
         if old_state is None:
             return None

@@ -75,6 +75,12 @@ class AbstractSolver(eqx.Module):
         reported if the step size then underflows; 0 when the step itself did not fail."""
         return jnp.asarray(0, jnp.int32)
 
+    def interpolate_vjp(self, dense_info, theta, ct):
+        """Cotangents ``(ct_dense_info, ct_theta)`` of :meth:`interpolate` at theta given the
+        output's cotangent ``ct`` (default: ``jax.vjp``)."""
+        _, pull = jax.vjp(self.interpolate, dense_info, theta)
+        return pull(ct)
+
     def select_state(self, accept, old_state, new_state, dense_info):
         """The state to carry after a step is accepted (``accept``) or rejected."""
         return tree_where(accept, new_state, old_state)
