@@ -396,16 +396,24 @@ def _saved_steps(solved, direction, max_steps):
 
 
 def _nonfinite(tree) -> jax.Array:
+    """Whether any float array in ``tree`` holds a NaN or inf, as cheaply as possible: only
+    asked of a solve that already failed, to name the culprit (a finite array whose sum
+    overflows is also blamed, which then is right too: it is what broke the solve)."""
     leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
     if not leaves:
         return jnp.asarray(False)
-    return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    sums = [jnp.abs(jnp.sum(jax.lax.stop_gradient(x))) for x in leaves]
+    return ~jnp.isfinite(sum(s.astype(jnp.float32) for s in sums))
 
 
 def _blame_input(result, y0, args):
     """A solve that failed on a non-finite state or step size is blamed on its input when y0
-    or args holds a NaN or inf: the message then names the argument to fix."""
+    or args holds a NaN or inf: the message then names the argument to fix. The inputs are
+    only scanned when the solve failed (a branch of a cond, not run otherwise)."""
     failed = (result == RESULTS.nonfinite) | (result == RESULTS.step_size_underflow)
-    result = jnp.where(failed & _nonfinite(y0), RESULTS.nonfinite_y0, result)
-    failed = failed & (result != RESULTS.nonfinite_y0)
-    return jnp.where(failed & _nonfinite(args), RESULTS.nonfinite_args, result).astype(jnp.int32)
+
+    def blame(r):
+        r = jnp.where(_nonfinite(y0), RESULTS.nonfinite_y0, r)
+        return jnp.where((r != RESULTS.nonfinite_y0) & _nonfinite(args), RESULTS.nonfinite_args, r)
+
+    return jax.lax.cond(jnp.any(failed), blame, lambda r: r, result).astype(jnp.int32)
