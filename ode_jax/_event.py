@@ -96,7 +96,7 @@ def differentiable_event_time(event: Event, t_star, evaluate, field, args):
     y_fixed = evaluate(t0)
     g = event.cond_fn(t0, y_fixed, args)
     y_sg = jax.lax.stop_gradient(y_fixed)
-    args_sg = jax.lax.stop_gradient(args)
+    args_sg = jax.tree.map(lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, args)
     f_star = field(t0, y_sg)
     _, slope = jax.jvp(
         lambda t, y: event.cond_fn(t, y, args_sg), (t0, y_sg), (jnp.ones_like(t0), f_star)

@@ -207,3 +207,23 @@ def test_bad_event_and_dense_use_are_clear_errors():
     sol = ode_jax.odeint(_fall, jnp.ones(2), [0.0, 1.0], 9.81)
     with pytest.raises(ValueError, match="dense=True"):
         sol.evaluate(0.5)
+
+
+def test_event_with_an_equinox_module_as_args():
+    import equinox as eqx
+
+    mlp = eqx.nn.MLP("scalar", "scalar", 4, 1, key=jax.random.PRNGKey(0))
+    mlp = jax.tree.map(lambda x: 0.01 * x if eqx.is_inexact_array(x) else x, mlp)
+
+    def t_star(m):
+        return ode_jax.odeint(
+            lambda t, y, m: -y + m(y),
+            1.0,
+            [0.0, 5.0],
+            m,
+            event=ode_jax.Event(lambda t, y, m: y - 0.5),
+        ).event_time
+
+    assert abs(float(t_star(mlp)) - np.log(2.0)) < 0.05
+    g = eqx.filter_grad(t_star)(mlp)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(g))
