@@ -86,16 +86,16 @@ def tree_add(a, b):
     return jax.tree.map(lambda x, y: x + y, a, b)
 
 
-class Field(eqx.Module):
+class Field:
     """The vector field (and an event's condition) with their arrays split out.
 
     ``vf(t, y, d)`` calls f with args rebuilt from ``d``, the arrays to differentiate (those
     of args and those f closes over: as jax.experimental.ode does); ``cond(t, y, d)`` likewise
-    for an event's condition. The static part holds no arrays to trace, so a Field can be kept
-    in a Solution returned from a jitted function.
+    for an event's condition. The static part holds nothing to differentiate.
     """
 
-    static: object = eqx.field(static=True)
+    def __init__(self, static):
+        self.static = static  # a plain attribute: it may hold non-float arrays (consts)
 
     def _parts(self, d):
         # Under AD, JAX may hand custom_vjp rules weakly-typed Python scalars; make them arrays

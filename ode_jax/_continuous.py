@@ -25,6 +25,7 @@ from ._adjoint import (
     Solved,
     _evaluate_recorded,
     event_cond,
+    not_differentiable_twice,
     outputs,
     positive_or_none,
     register_adjoint,
@@ -37,6 +38,7 @@ from ._adjoint import (
     tree_zeros_like,
 )
 from ._control import propagates_nonfinite, rms_norm
+from ._dense import interpolate_recorded
 from ._loop import Tolerances
 from ._solution import raise_if_failed
 from ._solver import AbstractSolver, tree_where
@@ -52,6 +54,11 @@ class ContinuousAdjoint(AbstractAdjoint):
             (default: the forward ``max_steps``).
         seminorm: leave the parameter adjoint out of the backward error norm (Kidger et al.
             2021), usually saving backward steps.
+        interpolate: take y(t) in the backward pass from the forward solve's dense output
+            instead of solving for it backwards in time (an "interpolating adjoint"). Needed
+            for stiff problems, whose decaying modes grow without bound when y is integrated
+            backwards; memory then grows with the number of forward steps (they are stored,
+            up to ``max_steps``), and the gradient cannot be differentiated again.
 
     The gradient is that of the exact solution, computed to the backward tolerances: it differs
     from the gradient of the computed solution by the solver error. It can be differentiated
@@ -63,6 +70,7 @@ class ContinuousAdjoint(AbstractAdjoint):
     solver: str | AbstractSolver | None = None
     max_steps: int | None = None
     seminorm: bool = False
+    interpolate: bool = False
 
     def __post_init__(self):
         positive_or_none("ContinuousAdjoint", "rtol", self.rtol)
@@ -72,8 +80,11 @@ class ContinuousAdjoint(AbstractAdjoint):
             from ._solvers import get_solver
 
             self.solver = get_solver(self.solver)
-        if not isinstance(self.seminorm, bool):
-            raise ValueError(f"ContinuousAdjoint: seminorm must be a bool, got {self.seminorm!r}")
+        for name in ("seminorm", "interpolate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"ContinuousAdjoint: {name} must be a bool, got {getattr(self, name)!r}"
+                )
 
     def check(self, solver, dt0):
         backward = self.solver or solver
@@ -90,21 +101,32 @@ class ContinuousAdjoint(AbstractAdjoint):
             tols.atol if self.atol is None else jnp.asarray(self.atol, tdtype),
         )
 
+        run_options = dataclasses.replace(options, dense=True) if self.interpolate else options
+
         @jax.custom_vjp
         def core(y0, ts, d, tols, adj_tols, probe):
-            return outputs(run_loop(vf, y0, ts, d, tols, options))
+            return outputs(run_loop(vf, y0, ts, d, tols, run_options))
 
         def core_fwd(y0, ts, d, tols, adj_tols, probe):
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
             out = core(y0, ts, d, tols, adj_tols, probe)
-            return out, (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
+            res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
+            if self.interpolate:
+                res = res + ((out[4], out[1]["num_accepted"]),)
+            return out, res
 
         def core_bwd(res, cts):
             # Cotangents of the recorded steps (dense output, events) are not used: this
             # adjoint differentiates evaluations through `_evaluate` instead.
             return self._backward(vf, options, res, cts[0])
 
+        if self.interpolate:
+            core_bwd = not_differentiable_twice(
+                core_bwd,
+                "ode_jax: ContinuousAdjoint(interpolate=True) cannot be differentiated twice; "
+                "use interpolate=False for grad-of-grad",
+            )
         core.defvjp(core_fwd, core_bwd)
         out = core(y0, ts, diff, tols, adj_tols, probe)
         # The recorded steps carry no gradient here (see _evaluate).
@@ -114,7 +136,8 @@ class ContinuousAdjoint(AbstractAdjoint):
         return Solved.from_core(out, vf, diff, y0, ts, options, data, evaluator)
 
     def _backward(self, vf, options: LoopOptions, res, g_ys):
-        ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res
+        ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res[:8]
+        trajectory = res[8] if len(res) > 8 else None
         # Outputs past the last time reached (after an event) were never computed: the
         # backward solve starts where the forward one stopped.
         beyond = ts > s_reach
@@ -132,9 +155,17 @@ class ContinuousAdjoint(AbstractAdjoint):
             """The augmented system in the time s = -t: d/ds [y, a_y, a_p] = [-f, a_y df/dy,
             a_y df/dp] (the paper's dynamics [f, -a df/dy, -a df/dp] with time reversed)."""
             y, a_y, _ = unpack(state)
+            if trajectory is not None:
+                # y(t) from the forward solve's dense output: y's slot stays constant.
+                bufs, count = trajectory
+                inf = jnp.asarray(jnp.inf, ts.dtype)
+                y = interpolate_recorded(options.solver, bufs, count, -s, -inf, inf)
             fy, pull = jax.vjp(lambda y_, dd: vf(-s, y_, dd), y, d_)
             gy, gd = pull(a_y)
-            out = pack(jax.tree.map(jnp.negative, fy), gy, gd)
+            dy = jax.tree.map(jnp.negative, fy)
+            if trajectory is not None:
+                dy = jax.tree.map(jnp.zeros_like, dy)
+            out = pack(dy, gy, gd)
             return jax.tree.map(lambda o, x: o.astype(x.dtype), out, state)
 
         # As torchdiffeq: the max over the parts [y, a_y, a_params] of each part's RMS, so the

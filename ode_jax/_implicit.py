@@ -1,10 +1,9 @@
 """Solvers for stiff problems: ESDIRK methods with a simplified Newton iteration (kvaerno3,
 kvaerno5) and a Rosenbrock method (rodas5).
 
-Both work on the state flattened to one vector (``ravel_pytree``), with a dense Jacobian from
-``jax.jacfwd`` (or a user-supplied ``jacobian(t, y, args) -> (n, n)`` on the flat state) and
-its LU factorisation (``jax.scipy.linalg.lu_factor``): meant for the small-to-medium stiff
-systems of chemistry, circuits and stiff neural ODEs.
+Both work on the state flattened to one vector (``ravel_pytree``), with the exact dense
+Jacobian from ``jax.jacfwd`` and its LU factorisation (``jax.scipy.linalg.lu_factor``):
+meant for the small-to-medium stiff systems of chemistry, circuits and stiff neural ODEs.
 
 ESDIRK (Kvaerno 2004): an explicit first stage, then implicit stages with one diagonal
 coefficient gamma, stiffly accurate (y1 is the last stage), so the last stage derivative is
@@ -30,8 +29,6 @@ step is an explicit function of (t, y), so the discrete adjoint differentiates i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -54,12 +51,8 @@ def _flat_field(f, args, unravel):
     return g
 
 
-def _jacobian(jac, f, t, yv, args, unravel):
-    """The Jacobian of f w.r.t. y at (t, y), on the flat state."""
-    if jac is not None:
-        out = jnp.asarray(jac(t, unravel(yv), args)).astype(yv.dtype)
-        n = yv.shape[0]
-        return out.reshape(n, n)
+def _jacobian(f, t, yv, args, unravel):
+    """The Jacobian of f w.r.t. y at (t, y), on the flat state (forward-mode AD: exact)."""
     return jax.jacfwd(lambda v: _flat_field(f, args, unravel)(t, v))(yv)
 
 
@@ -85,9 +78,10 @@ def _hermite(y0, f0, y1, f1, dt, theta):
 class ESDIRK(AbstractSolver):
     """A stiffly accurate ESDIRK method with an explicit first stage (see the module docs).
 
-    Build the Kvaerno methods with ``ode_jax.SOLVERS["kvaerno3"]`` / ``["kvaerno5"]``, or by
-    name (``solver="kvaerno5"``); ``dataclasses.replace(solver, jacobian=fn)`` supplies an
-    analytic Jacobian ``fn(t, y, args)`` of the flat state.
+    Use them by name (``solver="kvaerno5"``) or as ``ode_jax.SOLVERS["kvaerno5"]``;
+    ``dataclasses.replace`` changes the Newton settings (``newton_max_iter``,
+    ``newton_kappa``: the stopping tolerance as a fraction of rtol/atol, ``reuse_rate``: the
+    contraction rate below which the Jacobian is kept for the next step).
     """
 
     name: str = eqx.field(static=True)
@@ -97,7 +91,6 @@ class ESDIRK(AbstractSolver):
     a: tuple = eqx.field(static=True)  # (s, s) lower triangular incl. the diagonal gamma
     b_err: tuple = eqx.field(static=True)
     predictor: tuple = eqx.field(static=True)  # (s, s) strictly lower: initial stage guesses
-    jacobian: Callable | None = eqx.field(static=True, default=None)
     newton_max_iter: int = eqx.field(static=True, default=10)
     newton_kappa: float = eqx.field(static=True, default=0.01)
     reuse_rate: float = eqx.field(static=True, default=0.2)
@@ -124,8 +117,10 @@ class ESDIRK(AbstractSolver):
             f0=f0v,
             jac=jnp.zeros((yv.shape[0], yv.shape[0]), yv.dtype),
             fresh=jnp.asarray(False),  # whether jac may be reused at the current (t, y)
-            rtol=jnp.asarray(tols.rtol),
-            atol=jnp.asarray(tols.atol),
+            # (Without tolerances, as when the discrete adjoint asks how the initial state
+            # depends on y0, placeholders: the tolerances are constants of the solve.)
+            rtol=jnp.asarray(tols.rtol) if tols is not None else jnp.zeros((), jnp.result_type(t0)),
+            atol=jnp.asarray(tols.atol) if tols is not None else jnp.zeros((), jnp.result_type(t0)),
             num_jacobians=jnp.asarray(0, _I32),
             num_lu=jnp.asarray(0, _I32),
             failed=jnp.asarray(0, _I32),
@@ -199,7 +194,7 @@ class ESDIRK(AbstractSolver):
         jac = jax.lax.cond(
             state["fresh"],
             lambda: state["jac"],
-            lambda: _jacobian(self.jacobian, f, t, yv, args, unravel),
+            lambda: _jacobian(f, t, yv, args, unravel),
         )
         n_jac = state["num_jacobians"] + (~state["fresh"]).astype(_I32)
         m = jnp.eye(n, dtype=dtype) - (dt * self.gamma).astype(dtype) * jac
@@ -326,7 +321,8 @@ class ESDIRK(AbstractSolver):
         ct_y = ct_y + g_y0
         ct_a = jax.tree.map(jnp.add, ct_a, g_a0)
         ct_t = ct_t + g_t0
-        return unravel(ct_y), None, ct_a, ct_t, nfe + 2 * s
+        ct_saved = jax.tree.map(jnp.zeros_like, saved)  # the tolerances get no cotangent
+        return unravel(ct_y), ct_saved, ct_a, ct_t, nfe + 2 * s
 
 
 class Rosenbrock(AbstractSolver):
@@ -340,7 +336,6 @@ class Rosenbrock(AbstractSolver):
     c: tuple = eqx.field(static=True)  # stage times
     d: tuple = eqx.field(static=True)  # df/dt coefficients
     dense: tuple = eqx.field(static=True)  # (3, s) dense-output coefficients
-    jacobian: Callable | None = eqx.field(static=True, default=None)
 
     @property
     def adaptive(self) -> bool:
@@ -370,7 +365,7 @@ class Rosenbrock(AbstractSolver):
         s = len(self.c)
         fl = _flat_field(f, args, unravel)
         hd = dt.astype(dtype)
-        jac = _jacobian(self.jacobian, f, t, yv, args, unravel)
+        jac = _jacobian(f, t, yv, args, unravel)
         f0v, f_t = jax.jvp(lambda tt: fl(tt, yv), (t,), (jnp.ones_like(t),))
         w = jnp.eye(n, dtype=dtype) / (hd * self.gamma) - jac
         lu = jsl.lu_factor(w)

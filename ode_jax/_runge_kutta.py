@@ -258,7 +258,7 @@ class RungeKutta(AbstractSolver):
         w = dense_weights(self, theta)
         dw = dense_weights(self, theta, derivative=True)
         ct_ks = [
-            jax.tree.map(lambda c, k: (jnp.asarray(dt) * wi).astype(k.dtype) * c, ct, k)
+            jax.tree.map(lambda c, k, wi=wi: (jnp.asarray(dt) * wi).astype(k.dtype) * c, ct, k)
             for wi, k in zip(w, ks)
         ]
         ct_theta = sum(

@@ -23,12 +23,18 @@ class RESULTS:
         "successful",
         "the solver took max_steps steps without reaching the final time; raise max_steps "
         "or loosen rtol/atol",
-        "the step size fell below the floating-point resolution of t (the problem may be stiff "
-        "or blow up in finite time)",
+        "the step size fell below the floating-point resolution of t (the problem may be stiff: "
+        "try solver='kvaerno5' or 'rodas5'; or it blows up in finite time)",
         "the state or the error estimate became non-finite (NaN/inf) and shrinking the step "
         "did not help",
         "y0 contains NaN or inf: the initial state must be finite",
         "args contains NaN or inf (a parameter or other float array passed to f is not finite)",
+        "the implicit solver's Newton iteration did not converge even as the step size "
+        "shrank to the floating-point resolution of t (with throw=False, sol.result and "
+        "sol.stats show where it stopped); loosen rtol/atol or try solver='rodas5'",
+        "the iteration matrix I - h*gamma*J of the implicit solver was singular (or not "
+        "finite) at every step size tried: the Jacobian of f is singular or infinite there "
+        "(check f near the failing state, e.g. sqrt or log at 0) or try another method",
     )
 
     @classmethod

@@ -249,3 +249,8 @@ def test_float32_gradients_under_strict_promotion(adjoint):
     g = eqx.filter_grad(loss)(mlp)
     leaves = jax.tree.leaves(g)
     assert all(x.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+def test_every_result_code_has_a_message():
+    codes = [v for k, v in vars(ode_jax.RESULTS).items() if isinstance(v, int)]
+    assert sorted(codes) == list(range(len(ode_jax.RESULTS.messages)))
