@@ -46,6 +46,7 @@ class LoopOptions:
     max_steps: int
     dense: bool = False  # record every accepted step's dense output
     event: Event | None = None  # stop at the first zero crossing of its condition
+    jacobian: Callable | None = None  # user's df/dy (t, y, args) -> (n, n), implicit solvers
 
 
 def make_probe(dtype=None) -> jax.Array:
@@ -103,20 +104,31 @@ class Field:
         return eqx.combine(jax.tree.map(jnp.asarray, d), self.static)
 
     def __call__(self, t, y, d):
-        fc, _, a = self._parts(d)
+        fc, _, a, _ = self._parts(d)
         return fc(t, y, a)
 
     def cond(self, t, y, d):
-        _, cc, a = self._parts(d)
+        _, cc, a, _ = self._parts(d)
         return cc(t, y, a)
 
+    @property
+    def has_jacobian(self) -> bool:
+        return self.static[3] is not None
 
-def split_field(f, y0, ts, args, cond_fn=None):
-    """Closure-convert f (and cond_fn) and split them and args into arrays to differentiate
-    and the rest. Returns ``(vf, diff)`` with ``vf`` a :class:`Field`."""
-    fconv = eqx.filter_closure_convert(f, ts[0], y0, args)
-    cconv = None if cond_fn is None else eqx.filter_closure_convert(cond_fn, ts[0], y0, args)
-    diff, static = eqx.partition((fconv, cconv, args), eqx.is_inexact_array)
+    def jacobian(self, t, y, d):
+        _, _, a, jc = self._parts(d)
+        return jc(t, y, a)
+
+
+def split_field(f, y0, ts, args, cond_fn=None, jacobian=None):
+    """Closure-convert f (and cond_fn, jacobian) and split them and args into arrays to
+    differentiate and the rest. Returns ``(vf, diff)`` with ``vf`` a :class:`Field`."""
+
+    def convert(fn):
+        return None if fn is None else eqx.filter_closure_convert(fn, ts[0], y0, args)
+
+    parts = (convert(f), convert(cond_fn), args, convert(jacobian))
+    diff, static = eqx.partition(parts, eqx.is_inexact_array)
     return Field(static), diff
 
 

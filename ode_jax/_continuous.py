@@ -94,7 +94,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             )
 
     def solve(self, f, y0, ts, args, tols, probe, options):
-        vf, diff = split_field(f, y0, ts, args, event_cond(options))
+        vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
         tdtype = ts.dtype
         adj_tols = (
             tols.rtol if self.rtol is None else jnp.asarray(self.rtol, tdtype),

@@ -61,7 +61,7 @@ class DiscreteAdjoint(AbstractAdjoint):
         )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
-        vf, diff = split_field(f, y0, ts, args, event_cond(options))
+        vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
         n_ck, n_local = checkpoint_sizes(options.max_steps, self.checkpoints)
 
         @jax.custom_vjp

@@ -2,7 +2,8 @@
 kvaerno5) and a Rosenbrock method (rodas5).
 
 Both work on the state flattened to one vector (``ravel_pytree``), with the exact dense
-Jacobian from ``jax.jacfwd`` and its LU factorisation (``jax.scipy.linalg.lu_factor``):
+Jacobian from ``jax.jacfwd`` (or the user's, ``odeint(..., jacobian=fn)``) and its LU
+factorisation (``jax.scipy.linalg.lu_factor``):
 meant for the small-to-medium stiff systems of chemistry, circuits and stiff neural ODEs.
 
 ESDIRK (Kvaerno 2004): an explicit first stage, then implicit stages with one diagonal
@@ -52,7 +53,11 @@ def _flat_field(f, args, unravel):
 
 
 def _jacobian(f, t, yv, args, unravel):
-    """The Jacobian of f w.r.t. y at (t, y), on the flat state (forward-mode AD: exact)."""
+    """The Jacobian of f w.r.t. y at (t, y) on the flat state: the user's (odeint's
+    ``jacobian=``) when given, else forward-mode AD (exact)."""
+    if getattr(f, "has_jacobian", False):
+        n = yv.shape[0]
+        return jnp.asarray(f.jacobian(t, unravel(yv), args)).astype(yv.dtype).reshape(n, n)
     return jax.jacfwd(lambda v: _flat_field(f, args, unravel)(t, v))(yv)
 
 
@@ -96,6 +101,7 @@ class ESDIRK(AbstractSolver):
     reuse_rate: float = eqx.field(static=True, default=0.2)
 
     needs_tolerances = True
+    uses_jacobian = True
 
     @property
     def adaptive(self) -> bool:
@@ -336,6 +342,8 @@ class Rosenbrock(AbstractSolver):
     c: tuple = eqx.field(static=True)  # stage times
     d: tuple = eqx.field(static=True)  # df/dt coefficients
     dense: tuple = eqx.field(static=True)  # (3, s) dense-output coefficients
+
+    uses_jacobian = True
 
     @property
     def adaptive(self) -> bool:

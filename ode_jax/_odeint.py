@@ -172,6 +172,7 @@ def odeint(
     dense: bool = False,
     save_steps: bool = False,
     event: Event | None = None,
+    jacobian: Callable | None = None,
     **moved,
 ) -> Solution:
     """Solve dy/dt = f(t, y, args) from y(ts[0]) = y0 and return y at every time in ts.
@@ -213,6 +214,9 @@ def odeint(
             ``sol.event_state`` and ``sol.event_happened``; outputs at times after the event
             hold the event state. The event time is differentiable w.r.t. y0, args and ts[0]
             (implicit function theorem). Without an event, event_time is +-inf.
+        jacobian: for the implicit solvers (kvaerno3/5, rodas5), ``jacobian(t, y, args)`` ->
+            the (n, n) matrix df/dy on the state flattened as ``jax.flatten_util.ravel_pytree``
+            does (default: ``jax.jacfwd`` of f, exact).
 
     Returns:
         :class:`ode_jax.Solution` with ``ys`` (leading axis ``len(ts)``) and ``stats``.
@@ -265,6 +269,20 @@ def odeint(
         out = f(d * s, y, a)
         return jax.tree.map(lambda o, yl: (d * o).astype(yl.dtype), out, y)
 
+    if jacobian is not None and not getattr(method, "uses_jacobian", False):
+        raise ValueError(
+            f"jacobian= is for the implicit solvers (kvaerno3, kvaerno5, rodas5); "
+            f"solver={method.name!r} does not use a Jacobian"
+        )
+    if jacobian is not None and not callable(jacobian):
+        raise TypeError(f"jacobian must be callable jacobian(t, y, args), got {jacobian!r}")
+    oriented_jac = None
+    if jacobian is not None:
+        # d/dy of the oriented field d * f(d * s, y) is d * J(d * s, y).
+        if isinstance(direction, float):
+            oriented_jac = lambda s, y, a: direction * jacobian(direction * s, y, a)  # noqa: E731
+        else:
+            oriented_jac = lambda s, y, a_d: a_d[1] * jacobian(a_d[1] * s, y, a_d[0])  # noqa: E731
     if event is not None and not isinstance(event, Event):
         raise TypeError(f"event must be an ode_jax.Event, got {type(event).__name__}")
     if probe is None:
@@ -295,6 +313,7 @@ def odeint(
         max_steps=int(max_steps),
         dense=bool(dense or save_steps),
         event=oriented_event,
+        jacobian=oriented_jac,
     )
     solved = adjoint.solve(field, y0, direction * ts, field_args, tols, probe, options)
     ys, stats, result, dt_next = solved.ys, solved.stats, solved.result, solved.dt_next

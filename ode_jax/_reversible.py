@@ -171,7 +171,7 @@ class ReversibleAdjoint(AbstractAdjoint):
             )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
-        vf, diff = split_field(f, y0, ts, args, event_cond(options))
+        vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
         solver = options.solver
 
         @jax.custom_vjp

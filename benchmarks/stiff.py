@@ -1,0 +1,160 @@
+"""Stiff problems side by side: ode_jax's implicit solvers against diffrax Kvaerno5 and scipy.
+
+    python -m benchmarks.stiff --out benchmarks/stiff.md
+
+For Robertson, van der Pol (mu = 1000) and HIRES, at each problem's usual tolerance: the error
+at the final time against a scipy Radau reference at 1e-12 (max over components of
+|y - ref| / (atol + rtol |ref|), so 1 means "at the requested tolerance"), steps, Jacobian
+evaluations, the wall time of one solve after compile (median of repeats) and the compile time.
+scipy (Radau, BDF, LSODA, with the analytic Jacobian) is a non-JAX reference: pure-Python
+stepping, so its times are per solve in the interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import ode_jax
+
+from .stiff_problems import PROBLEMS
+
+jax.config.update("jax_enable_x64", True)
+
+OURS = ("kvaerno5", "rodas5", "kvaerno3")
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def _err(y, p):
+    ref = np.asarray(p.reference)
+    return float(np.max(np.abs(np.asarray(y) - ref) / (p.atol + p.rtol * np.abs(ref))))
+
+
+def ode_jax_row(p, name, repeats):
+    y0, ts = jnp.asarray(p.y0), jnp.asarray([0.0, p.t1])
+
+    def solve(y0):
+        return ode_jax.odeint(
+            p.f, y0, ts, p.args, solver=name, rtol=p.rtol, atol=p.atol, max_steps=50000,
+            throw=False,
+        )  # fmt: skip
+
+    t0 = time.perf_counter()
+    fn = jax.jit(solve).lower(y0).compile()
+    compile_s = time.perf_counter() - t0
+    sol = fn(y0)
+    wall = _median_time(lambda: fn(y0).ys, repeats)
+    st = {k: int(v) for k, v in sol.stats.items()}
+    ok = int(sol.result) == 0
+    return dict(
+        method=f"ode_jax {name}", err=_err(sol.ys[-1], p) if ok else float("nan"),
+        steps=st["num_accepted"], rejected=st["num_rejected"], nfe=st["nfe"],
+        jac=st.get("num_jacobians", 0), wall_ms=1e3 * wall, compile_s=compile_s,
+    )  # fmt: skip
+
+
+def diffrax_row(p, repeats):
+    import diffrax
+
+    y0 = jnp.asarray(p.y0)
+
+    def solve(y0):
+        return diffrax.diffeqsolve(
+            diffrax.ODETerm(p.f), diffrax.Kvaerno5(), 0.0, p.t1, None, y0, p.args,
+            stepsize_controller=diffrax.PIDController(rtol=p.rtol, atol=p.atol),
+            max_steps=50000, throw=False,
+        )  # fmt: skip
+
+    t0 = time.perf_counter()
+    fn = jax.jit(solve).lower(y0).compile()
+    compile_s = time.perf_counter() - t0
+    sol = fn(y0)
+    wall = _median_time(lambda: fn(y0).ys, repeats)
+    return dict(
+        method="diffrax Kvaerno5", err=_err(sol.ys[-1], p),
+        steps=int(sol.stats["num_accepted_steps"]), rejected=int(sol.stats["num_rejected_steps"]),
+        nfe=-1, jac=-1, wall_ms=1e3 * wall, compile_s=compile_s,
+    )  # fmt: skip
+
+
+def scipy_row(p, method, repeats):
+    from scipy.integrate import solve_ivp
+
+    kw = dict(method=method, rtol=p.rtol, atol=p.atol)
+    if p.jac_np is not None:
+        kw["jac"] = p.jac_np
+    times, r = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        r = solve_ivp(p.f_np, (0.0, p.t1), list(p.y0), **kw)
+        times.append(time.perf_counter() - t0)
+    return dict(
+        method=f"scipy {method}", err=_err(r.y[:, -1], p), steps=len(r.t) - 1, rejected=-1,
+        nfe=int(r.nfev), jac=int(r.njev), wall_ms=1e3 * float(np.median(times)), compile_s=0.0,
+    )  # fmt: skip
+
+
+def table(rows):
+    head = (
+        "| method | error (tol units) | steps | rejected | NFE | Jacobians | wall ms | compile s |"
+    )
+    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+
+        def n(v):
+            return "–" if v < 0 else str(v)
+
+        out.append(
+            f"| {r['method']} | {r['err']:.2f} | {r['steps']} | {n(r['rejected'])} | "
+            f"{n(r['nfe'])} | {n(r['jac'])} | {r['wall_ms']:.2f} | "
+            f"{r['compile_s']:.2f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the markdown report here")
+    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per method")
+    ap.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated names")
+    args = ap.parse_args(argv)
+    parts = [
+        "# Stiff problems: ode_jax vs diffrax Kvaerno5 vs scipy",
+        "",
+        "Command: `python -m benchmarks.stiff --out benchmarks/stiff.md`  ",
+        f"Date: {time.strftime('%Y-%m-%dT%H:%M')}  ",
+        f"Machine: {platform.processor() or platform.machine()}, JAX {jax.__version__} on "
+        f"{jax.default_backend()}; load average at start "
+        f"{tuple(round(x, 1) for x in os.getloadavg())}.",
+        "",
+    ]
+    for name in args.problems.split(","):
+        p = PROBLEMS[name]
+        rows = [ode_jax_row(p, m, args.repeats) for m in OURS]
+        rows.append(diffrax_row(p, args.repeats))
+        rows += [scipy_row(p, m, max(1, args.repeats // 2)) for m in ("Radau", "BDF", "LSODA")]
+        parts += [f"## {name} on [0, {p.t1}], rtol {p.rtol}, atol {p.atol}", "", table(rows), ""]
+        print(parts[-3], "\n", parts[-2], flush=True)
+    report = "\n".join(parts)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(report + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
