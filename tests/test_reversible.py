@@ -46,7 +46,14 @@ PROBLEMS = {
 
 
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
-@pytest.mark.parametrize("base", ["tsit5", "dopri5", "bosh3"])
+@pytest.mark.parametrize(
+    "base",
+    [
+        "tsit5",
+        pytest.param("dopri5", marks=pytest.mark.slow),
+        pytest.param("bosh3", marks=pytest.mark.slow),
+    ],
+)
 def test_reversible_adjoint_equals_discrete_adjoint(name, base):
     problem, ts = PROBLEMS[name]
     solver = ode_jax.reversible(base)

@@ -44,7 +44,10 @@ def test_convergence_order(name):
     assert slope > ORDER[name] - 0.3, (slope, errs)
 
 
-@pytest.mark.parametrize("name", STIFF)
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["kvaerno5", "rodas5", pytest.param("kvaerno3", marks=SLOW)])
 @pytest.mark.parametrize("problem", ["robertson", "van_der_pol", "hires"])
 def test_stiff_reference_problems_against_radau(problem, name):
     p = PROBLEMS[problem]
@@ -88,8 +91,8 @@ def _robertson_y1(k, name, adjoint, t1=40.0):
     return sol.ys[-1]
 
 
-@pytest.mark.parametrize("adjoint", ["discrete", "interpolating"])
-@pytest.mark.parametrize("name", STIFF)
+@pytest.mark.parametrize("adjoint", ["discrete", pytest.param("interpolating", marks=SLOW)])
+@pytest.mark.parametrize("name", ["kvaerno5", "rodas5", pytest.param("kvaerno3", marks=SLOW)])
 def test_robertson_rate_gradients_against_finite_differences(name, adjoint):
     if adjoint == "interpolating":
         adjoint = ode_jax.ContinuousAdjoint(interpolate=True)
@@ -152,7 +155,9 @@ def test_singular_jacobian_is_a_clear_error():
             jax.block_until_ready(ode_jax.odeint(f, jnp.zeros(1), [0.0, 1.0], solver=name).ys)
 
 
-@pytest.mark.parametrize("name", STIFF)
+@pytest.mark.parametrize(
+    "name", ["rodas5", pytest.param("kvaerno5", marks=SLOW), pytest.param("kvaerno3", marks=SLOW)]
+)
 def test_interpolating_continuous_adjoint_on_robertson(name):
     # Solving Robertson's y backwards in time blows up (its fast modes grow backwards); the
     # interpolating continuous adjoint reads y from the forward dense output instead.
