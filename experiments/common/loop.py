@@ -39,6 +39,8 @@ class Task:
         curve_keys: keys of ``evaluate``'s output drawn on the training curve.
         select: a key of ``evaluate``'s output to minimise (model selection): the model with
             the lowest value so far is kept in ``out/best/`` (see :func:`train`).
+        backward_stats: keys of :func:`ode_jax.probe_stats` logged every step as
+            ``<key>_bwd`` (e.g. ``"num_jacobians"`` and ``"num_lu"`` for implicit solvers).
     """
 
     init_model: Callable
@@ -47,6 +49,7 @@ class Task:
     evaluate: Callable
     curve_keys: tuple = ()
     select: str | None = None
+    backward_stats: tuple = ("nfe",)
 
 
 @dataclasses.dataclass
@@ -122,8 +125,9 @@ def optimizer_update(optimizer, grads, opt_state, params):
 
 
 @functools.lru_cache(maxsize=16)  # a resumed or repeated run in one process compiles once
-def make_train_step(loss_fn: Callable, optimizer, mesh):
-    """A jitted ``(model, opt_state, batch, key) -> (model, opt_state, metrics)``."""
+def make_train_step(loss_fn: Callable, optimizer, mesh, backward_stats: tuple = ("nfe",)):
+    """A jitted ``(model, opt_state, batch, key) -> (model, opt_state, metrics)``; the metrics
+    hold the loss, its aux and the backward pass's ``backward_stats`` (see :class:`Task`)."""
     rep = parallel.replicated(mesh)
 
     @eqx.filter_jit
@@ -140,7 +144,8 @@ def make_train_step(loss_fn: Callable, optimizer, mesh):
         updates, opt_state = optimizer_update(optimizer, grads, opt_state, params)
         model = eqx.apply_updates(model, updates)
         model, opt_state = eqx.filter_shard((model, opt_state), rep)
-        metrics = dict(aux, loss=loss, nfe_bwd=ode_jax.probe_stats(probe_grad)["nfe"])
+        stats = ode_jax.probe_stats(probe_grad)
+        metrics = dict(aux, loss=loss, **{f"{k}_bwd": stats[k] for k in backward_stats})
         return model, opt_state, metrics
 
     return step
@@ -201,7 +206,7 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     else:
         checkpoint.clear_best(best_dir)  # an earlier run's: never to be scored as this one's
     model, opt_state = parallel.replicate((model, opt_state), mesh)
-    step_fn = make_train_step(task.loss, optimizer, mesh)
+    step_fn = make_train_step(task.loss, optimizer, mesh, tuple(task.backward_stats))
 
     bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True)
     interval_start, first = time.perf_counter(), loaded is None
