@@ -323,6 +323,12 @@ def finish(cfg: StiffConfig, task: common.Task, result: common.TrainResult, out:
     return metrics
 
 
+def adjoint_name(cfg: StiffConfig) -> str:
+    if cfg.adjoint == "continuous":
+        return "continuous adjoint" + (" (interpolating)" if cfg.interpolate else " (backsolve)")
+    return "discrete adjoint"
+
+
 def plot_fit(path, t, curves, t_obs, y_obs, cfg: StiffConfig):
     import matplotlib.pyplot as plt
 
@@ -337,7 +343,8 @@ def plot_fit(path, t, curves, t_obs, y_obs, cfg: StiffConfig):
         ax.set(ylabel=f"concentration of {SPECIES[i]} (mole fraction)")
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
-    fig.suptitle(f"Robertson's kinetics: learned rates, {cfg.solver}", fontsize=10)
+    noise = f", {cfg.noise:g} relative noise" if cfg.noise else ""
+    fig.suptitle(f"Robertson's kinetics: learned rates, {cfg.solver}{noise}", fontsize=10)
     report.save_figure(fig, path)
 
 
@@ -401,7 +408,7 @@ def plot_solver_cost(path, history, cfg: StiffConfig, explicit: dict | None):
         axes[1].text(0.5, 0.06, note, transform=axes[1].transAxes, ha="center", fontsize=8)
     for ax in axes:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), fontsize=7.5, ncol=2)
-    fig.suptitle(f"{cfg.solver}, {cfg.adjoint} adjoint: work per training step", fontsize=10)
+    fig.suptitle(f"{cfg.solver}, {adjoint_name(cfg)}: work per training step", fontsize=10)
     report.save_figure(fig, path)
 
 
