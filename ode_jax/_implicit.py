@@ -284,7 +284,7 @@ class ESDIRK(AbstractSolver):
             f, t, yv, dt, args, unravel, state["f0"],
             jsl.lu_factor(jnp.eye(n, dtype=dtype)
                           - (dt * self.gamma).astype(dtype) * _jacobian(
-                              self.jacobian, f, t, yv, args, unravel)),
+                              f, t, yv, args, unravel)),
             saved[0], saved[1],
         )  # fmt: skip
         a_low, _, c, b, _ = self._matrices(dtype)

@@ -429,7 +429,12 @@ def _blame_input(result, y0, args):
     """A solve that failed on a non-finite state or step size is blamed on its input when y0
     or args holds a NaN or inf: the message then names the argument to fix. The inputs are
     only scanned when the solve failed (a branch of a cond, not run otherwise)."""
-    failed = (result == RESULTS.nonfinite) | (result == RESULTS.step_size_underflow)
+    failed = (
+        (result == RESULTS.nonfinite)
+        | (result == RESULTS.step_size_underflow)
+        | (result == RESULTS.newton_failed)
+        | (result == RESULTS.singular)
+    )
 
     def blame(r):
         r = jnp.where(_nonfinite(y0), RESULTS.nonfinite_y0, r)

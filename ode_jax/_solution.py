@@ -31,10 +31,14 @@ class RESULTS:
         "args contains NaN or inf (a parameter or other float array passed to f is not finite)",
         "the implicit solver's Newton iteration did not converge even as the step size "
         "shrank to the floating-point resolution of t (with throw=False, sol.result and "
-        "sol.stats show where it stopped); loosen rtol/atol or try solver='rodas5'",
+        "sol.stats show where it stopped); loosen rtol/atol or try solver='rodas5' (in the "
+        "backward solve of a continuous adjoint on a stiff problem: use "
+        "ode_jax.ContinuousAdjoint(interpolate=True))",
         "the iteration matrix I - h*gamma*J of the implicit solver was singular (or not "
         "finite) at every step size tried: the Jacobian of f is singular or infinite there "
-        "(check f near the failing state, e.g. sqrt or log at 0) or try another method",
+        "(check f near the failing state, e.g. sqrt or log at 0) or try another method; in the "
+        "backward solve of a continuous adjoint on a stiff problem, y itself blows up when "
+        "solved backwards: use ode_jax.ContinuousAdjoint(interpolate=True)",
     )
 
     @classmethod
