@@ -166,6 +166,28 @@ def torch_runner(name: str, problem) -> Runner:
     return r
 
 
+def interleaved_medians(fns: dict, rounds: int, sample_s: float = 0.1) -> dict:
+    """Median seconds per call of each zero-argument function in ``fns`` (name -> fn).
+
+    Every round calls each function once more, starting one further along the list each
+    round (as :mod:`benchmarks.run`), and a sample times back-to-back calls for at least
+    ``sample_s`` seconds (sized by a warm-up call), so a short call is not timed alone.
+    """
+    calls = {}
+    for name, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        calls[name] = max(1, int(np.ceil(sample_s / max(time.perf_counter() - t0, 1e-9))))
+    names, samples = list(fns), {name: [] for name in fns}
+    for i in range(rounds):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            t0 = time.perf_counter()
+            for _ in range(calls[name]):
+                fns[name]()
+            samples[name].append((time.perf_counter() - t0) / calls[name])
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
 def jax_unit_costs(problem) -> tuple[float, float]:
     """Seconds per vector-field evaluation and per VJP, inside a compiled loop."""
     vf, p, y0 = problem.vf, problem.params, problem.y0

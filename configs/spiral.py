@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import ode_jax
+
 from .base import TrainConfig, require
 
 
@@ -22,7 +24,9 @@ class SpiralConfig(TrainConfig):
     solver: Literal["bosh3", "dopri5", "tsit5", "dopri8"] = "dopri5"  # adaptive RK method
     rtol: float = 1e-5  # relative tolerance of every solve (training and evaluation)
     atol: float = 1e-6  # absolute tolerance
-    adjoint: Literal["continuous", "discrete"] = "continuous"  # how gradients are computed
+    # how gradients are computed; "reversible" (exact, O(1) memory) needs `reversible`
+    adjoint: Literal["continuous", "discrete", "reversible"] = "continuous"
+    reversible: bool = False  # solve with ode_jax.reversible(solver) (coupling 0.999)
     steps: int = 10000  # optimiser steps
     batch_size: int = 64  # windows per step
     lr: float = 3e-3  # Adam learning rate (peak of the cosine schedule)
@@ -38,6 +42,13 @@ class SpiralConfig(TrainConfig):
         require(self, "batch_time", 2 <= self.batch_time <= self.data_size, "must be in [2, N]")
         require(self, "width", self.width >= 1, "must be >= 1")
         require(self, "depth", self.depth >= 0, "must be >= 0")
+        ok = self.reversible or self.adjoint != "reversible"
+        require(self, "adjoint", ok, "needs a reversible solver: add --reversible")
+
+    def solve_settings(self, **overrides) -> ode_jax.SolveSettings:
+        if self.reversible:
+            overrides.setdefault("solver", ode_jax.reversible(self.solver))
+        return super().solve_settings(**overrides)
 
 
 # --smoke: a run that finishes in seconds (the tests use it).
