@@ -193,7 +193,8 @@ def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
 
     def loss(y0, ck):
         sol = ode_jax.odeint(
-            lambda t, y, A: A @ y, y0, jnp.linspace(0, 10, 7), A, adjoint=ode_jax.DiscreteAdjoint(checkpoints=ck), rtol=1e-7, atol=1e-9, max_steps=512,
+            lambda t, y, A: A @ y, y0, jnp.linspace(0, 10, 7), A,
+            adjoint=ode_jax.DiscreteAdjoint(checkpoints=ck), rtol=1e-7, atol=1e-9, max_steps=512,
         )  # fmt: skip
         return jnp.sum(sol.ys**2), sol.stats["num_accepted"]
 
