@@ -41,6 +41,14 @@ def _median_time(fn, repeats):
     return float(np.median(times))
 
 
+def _compile_and_time(solve, y0, repeats):
+    """(solution, median wall seconds of one solve after compile, compile seconds)."""
+    t0 = time.perf_counter()
+    fn = jax.jit(solve).lower(y0).compile()
+    compile_s = time.perf_counter() - t0
+    return fn(y0), _median_time(lambda: fn(y0).ys, repeats), compile_s
+
+
 def _err(y, p):
     ref = np.asarray(p.reference)
     return float(np.max(np.abs(np.asarray(y) - ref) / (p.atol + p.rtol * np.abs(ref))))
@@ -56,11 +64,7 @@ def ode_jax_row(p, name, repeats, scale=1.0):
             throw=False,
         )  # fmt: skip
 
-    t0 = time.perf_counter()
-    fn = jax.jit(solve).lower(y0).compile()
-    compile_s = time.perf_counter() - t0
-    sol = fn(y0)
-    wall = _median_time(lambda: fn(y0).ys, repeats)
+    sol, wall, compile_s = _compile_and_time(solve, y0, repeats)
     st = {k: int(v) for k, v in sol.stats.items()}
     ok = int(sol.result) == 0
     return dict(
@@ -83,11 +87,7 @@ def diffrax_row(p, repeats):
             max_steps=50000, throw=False,
         )  # fmt: skip
 
-    t0 = time.perf_counter()
-    fn = jax.jit(solve).lower(y0).compile()
-    compile_s = time.perf_counter() - t0
-    sol = fn(y0)
-    wall = _median_time(lambda: fn(y0).ys, repeats)
+    sol, wall, compile_s = _compile_and_time(solve, y0, repeats)
     return dict(
         method="diffrax Kvaerno5", err=_err(sol.ys[-1], p),
         steps=int(sol.stats["num_accepted_steps"]), rejected=int(sol.stats["num_rejected_steps"]),

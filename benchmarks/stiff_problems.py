@@ -15,24 +15,21 @@ import numpy as np
 ROBERTSON_K = (0.04, 3e7, 1e4)
 
 
-def robertson(t, y, k):
+def _robertson_terms(y, k):
     k1, k2, k3 = k[0], k[1], k[2]
-    return jnp.stack(
-        [
-            -k1 * y[0] + k3 * y[1] * y[2],
-            k1 * y[0] - k2 * y[1] ** 2 - k3 * y[1] * y[2],
-            k2 * y[1] ** 2,
-        ]
-    )
-
-
-def _robertson_np(t, y, k=ROBERTSON_K):
-    k1, k2, k3 = k
     return [
         -k1 * y[0] + k3 * y[1] * y[2],
         k1 * y[0] - k2 * y[1] ** 2 - k3 * y[1] * y[2],
         k2 * y[1] ** 2,
     ]
+
+
+def robertson(t, y, k):
+    return jnp.stack(_robertson_terms(y, k))
+
+
+def _robertson_np(t, y, k=ROBERTSON_K):
+    return _robertson_terms(y, k)
 
 
 def _robertson_jac(t, y, k=ROBERTSON_K):

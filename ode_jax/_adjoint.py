@@ -83,6 +83,12 @@ def tree_zeros_like(tree):
     return jax.tree.map(jnp.zeros_like, tree)
 
 
+def tree_max_abs_diff(a, b):
+    """max |a - b| over every element of two pytrees of the same structure."""
+    diffs = [jnp.max(jnp.abs(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
+    return jnp.max(jnp.stack(diffs))
+
+
 def tree_add(a, b):
     return jax.tree.map(lambda x, y: x + y, a, b)
 

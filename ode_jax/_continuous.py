@@ -34,6 +34,7 @@ from ._adjoint import (
     stats_vector,
     tree_add,
     tree_dot,
+    tree_max_abs_diff,
     tree_take,
     tree_zeros_like,
 )
@@ -228,7 +229,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             y_back, a_y, a_d = unpack(tree_take(ys_b, -1))
             stats = stats + stats_vector({**stats_b, "nfe": stats_b["nfe"] + 1}, stats)
             result = jnp.maximum(result, result_b)
-            err = _max_abs_diff(y_back, tree_take(ys, i - 1)).astype(recon.dtype)
+            err = tree_max_abs_diff(y_back, tree_take(ys, i - 1)).astype(recon.dtype)
             recon = jnp.maximum(recon, jax.lax.stop_gradient(err))
             return (a_y, a_d, stats, result, _usable_dt(dt_next, ts, i), recon), g_t
 
@@ -296,12 +297,6 @@ def _reached(out, ts):
         return s_end, y_end
     hit = event["happened"]
     return jnp.where(hit, event["time"], s_end), tree_where(hit, event["state"], y_end)
-
-
-def _max_abs_diff(a, b):
-    return jnp.max(
-        jnp.stack([jnp.max(jnp.abs(x - y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))])
-    )
 
 
 def _with_reconstruction(stats, recon):

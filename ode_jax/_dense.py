@@ -16,11 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._adjoint import tree_take
 from ._solver import tree_where
-
-
-def _take(tree, i):
-    return jax.tree.map(lambda x: x[i], tree)
 
 
 def step_index(bufs, count, s):
@@ -36,7 +33,7 @@ def interpolate_recorded(solver, bufs, count, s, s0, s_end):
     n = step_index(bufs, count, s)
     t_n, dt_n = bufs["t"][n], jax.lax.stop_gradient(bufs["dt"][n])
     theta = (s - t_n) / dt_n
-    y = solver.interpolate(_take(bufs["info"], n), theta)
+    y = solver.interpolate(tree_take(bufs["info"], n), theta)
     inside = (s >= s0) & (s <= s_end) & (count > 0)
     return jax.tree.map(lambda v: jnp.where(inside, v, jnp.nan), y)
 

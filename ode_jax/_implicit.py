@@ -266,11 +266,6 @@ class ESDIRK(AbstractSolver):
         rtol, atol = saved
         return self.init(f, t, y, args, None, tols=Tolerances(rtol, atol))
 
-    def recompute(self, f, t, y, dt, args, saved, with_dense):
-        state, nfe0 = self._restart(f, t, y, args, saved)
-        y1, _, info, _, nfe = self.step(f, t, y, dt, args, state)
-        return y1, info, saved, nfe0 + nfe
-
     def step_vjp(
         self, f, t, y, dt, args, saved, dense_info, ct_y1, ct_saved1, ct_dense, with_dense
     ):

@@ -40,6 +40,7 @@ from ._adjoint import (
     split_field,
     stats_vector,
     tree_add,
+    tree_max_abs_diff,
     tree_take,
     tree_zeros_like,
 )
@@ -258,11 +259,7 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, cts):
     a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_z, a_d, g_ts)
     a_y = tree_add(a_y, tree_take(g_ys, 0))
     g_ts = g_ts.at[0].add(g_t0.astype(g_ts.dtype))
-    err = jnp.max(
-        jnp.stack(
-            [jnp.max(jnp.abs(a - b)) for a, b in zip(jax.tree.leaves(y_rec), jax.tree.leaves(y0))]
-        )
-    )
+    err = tree_max_abs_diff(y_rec, y0)
     values = dict(nfe=nfe, num_steps=n_acc, num_accepted=n_acc)
     if probe.shape[0] == len(PROBE_KEYS):
         values["reconstruction_error"] = err

@@ -14,18 +14,13 @@ from . import _tableaux as tab
 from ._implicit import KVAERNO3, KVAERNO5, RODAS5
 from ._runge_kutta import (  # noqa: F401  (re-exported for tests and extensions)
     RungeKutta,
+    _unit,
     dense_eval,
     dense_weights,
     looped,
     rk_step,
 )
 from ._solver import AbstractSolver
-
-
-def _unit(s, i):
-    e = np.zeros(s)
-    e[i] = 1.0
-    return e
 
 
 def _dopri5_dense():
