@@ -41,6 +41,11 @@ class TrainConfig:
     eval_every: int = 100  # steps between evaluations (and at the last step)
     checkpoint_every: int = 100  # steps between checkpoints (and at the last step)
     num_devices: int = 0  # data-parallel devices, the first n of jax.devices() (0: all)
+    # Multi-process runs (JAX's multi-controller runtime; `python -m experiments.launch` sets
+    # these through $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID instead):
+    coordinator: str = ""  # host:port of process 0's coordinator ("": from the environment)
+    num_processes: int = 0  # processes in the run (0: from the environment, else 1)
+    process_id: int = -1  # this process's index in [0, num_processes) (-1: from the environment)
     progress: bool = True  # show a tqdm progress bar
     fresh: bool = False  # ignore a checkpoint in `out` and start over
 
@@ -71,6 +76,13 @@ class TrainConfig:
         require(self, "grad_clip", self.grad_clip >= 0, "must be >= 0 (0 disables clipping)")
         require(self, "weight_decay", self.weight_decay >= 0, "must be >= 0 (0: none)")
         require(self, "num_devices", self.num_devices >= 0, "must be >= 0 (0: all devices)")
+        require(self, "num_processes", self.num_processes >= 0, "must be >= 0 (0: environment)")
+        require(
+            self,
+            "process_id",
+            self.process_id >= -1 and self.process_id < (self.num_processes or 2**31),
+            "must be in [0, num_processes) (-1: from the environment)",
+        )
         require(self, "out", bool(self.out), "must be a folder name")
         if "solver" in _field_names(self):
             for name in ("rtol", "atol", "max_steps"):

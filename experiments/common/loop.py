@@ -17,11 +17,12 @@ from tqdm.auto import tqdm
 
 import ode_jax
 
-from . import checkpoint, parallel
+from . import checkpoint, distributed, parallel
 from .cli import config_to_dict
 
-# Fields that may change between a run and its resumption without changing the result.
-_RESUMABLE_CHANGES = ("out", "progress", "fresh")
+# Fields that may change between a run and its resumption without changing the result (the
+# global batch of every step does not depend on the number of processes).
+_RESUMABLE_CHANGES = ("out", "progress", "fresh", "coordinator", "num_processes", "process_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,8 @@ class Task:
     Attributes:
         init_model: ``key -> model`` (an equinox module; its inexact arrays are trained).
         get_batch: ``key -> batch``, a pytree whose leaves all have the global batch size as
-            their leading axis (that axis is split over devices).
+            their leading axis (that axis is split over devices); traceable by ``jax.jit``
+            (a multi-process run compiles it so each process computes only its own rows).
         loss: ``(model, batch, key, probe) -> (loss, aux)``; pass ``probe`` to every
             ``ode_jax.odeint`` call so the loop can log the backward NFE. ``aux`` is a dict of
             scalars to log, by convention including ``"nfe_fwd"``.
@@ -183,7 +185,14 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     model to ``cfg.out/best`` (:func:`checkpoint.save_best`, ``best.json`` holding the step
     and the value). A run that starts from scratch (no checkpoint, or ``cfg.fresh``) first
     removes the best model of an earlier run there; a resumed one keeps it.
+
+    Multi-process (:mod:`.distributed`; joined here if not yet): every process runs this with
+    the same ``cfg``; process 0 alone reads and writes files and broadcasts a loaded
+    checkpoint; every process evaluates its own copy of the model and returns the same
+    result, whose model is a process-local copy.
     """
+    distributed.initialize(cfg)
+    writer = distributed.is_writer()
     out = Path(cfg.out)
     mesh = parallel.make_mesh(cfg.num_devices)
     n_dev = mesh.devices.size
@@ -197,22 +206,28 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     timing = dict(train_seconds=0.0, first_step_seconds=0.0, eval_seconds=0.0)
 
     ckpt_dir, best_dir = out / "checkpoint", out / "best"
-    loaded = None if cfg.fresh else checkpoint.load(ckpt_dir, (model, opt_state))
+    loaded = None if cfg.fresh or not writer else checkpoint.load(ckpt_dir, (model, opt_state))
     if loaded is not None:
         (model, opt_state), meta = loaded
         _check_resumable(meta["config"], cfg)
         start, history, evals, timing = meta["step"], meta["history"], meta["evals"], meta["timing"]
         pending = meta["pending"]  # metrics of steps since the last log row
-    else:
+    elif writer:
         checkpoint.clear_best(best_dir)  # an earlier run's: never to be scored as this one's
+    if jax.process_count() > 1:  # the other processes take process 0's step and state
+        start = distributed.broadcast_int(start)
+        if start:
+            model, opt_state = _broadcast_arrays((model, opt_state))
     model, opt_state = parallel.replicate((model, opt_state), mesh)
     step_fn = make_train_step(task.loss, optimizer, mesh, tuple(task.backward_stats))
+    get_batch = parallel.make_global_batch(task.get_batch, mesh)
 
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, dynamic_ncols=True)
-    interval_start, first = time.perf_counter(), loaded is None
+    show = cfg.progress and writer
+    bar = tqdm(total=cfg.steps, initial=start, disable=not show, dynamic_ncols=True)
+    interval_start, first = time.perf_counter(), start == 0
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
-        batch = parallel.shard_batch(task.get_batch(jax.random.fold_in(data_key, step)), mesh)
+        batch = get_batch(jax.random.fold_in(data_key, step))
         key = jax.random.fold_in(step_key, step)
         model, opt_state, metrics = step_fn(model, opt_state, batch, key)
         pending.append(metrics)
@@ -237,13 +252,15 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
             pending = []
         if ev:
             t_eval = time.perf_counter()
-            results = {k: float(v) for k, v in task.evaluate(model).items()}
+            local_model = distributed.to_local(model)
+            results = {k: float(v) for k, v in task.evaluate(local_model).items()}
             evals.append(dict(step=step, **results))
-            if task.select is not None:
-                _keep_if_best(best_dir, model, step, task.select, results)
+            if task.select is not None and writer:
+                _keep_if_best(best_dir, local_model, step, task.select, results)
             timing["eval_seconds"] += time.perf_counter() - t_eval
-            bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
-        if ck:
+            if writer:
+                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
+        if ck and writer:
             pending = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
             meta = dict(config=config_to_dict(cfg), history=history, evals=evals, timing=timing)
             meta["pending"] = pending
@@ -254,7 +271,14 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
             bar.close()
             return None
     bar.close()
-    return TrainResult(model=model, history=history, evals=evals, timing=timing)
+    return TrainResult(
+        model=distributed.to_local(model), history=history, evals=evals, timing=timing
+    )
+
+
+def _broadcast_arrays(tree):
+    arrays, static = eqx.partition(tree, eqx.is_array)
+    return eqx.combine(distributed.broadcast(arrays), static)
 
 
 def _keep_if_best(folder: Path, model, step: int, key: str, results: dict):

@@ -1,4 +1,9 @@
-"""Data parallelism: a 1-d device mesh over the batch axis, parameters replicated."""
+"""Data parallelism: a 1-d device mesh over the batch axis, parameters replicated.
+
+In a multi-process run (:mod:`.distributed`) ``jax.devices()`` holds every process's devices,
+so the same mesh spans processes and hosts; each process then owns the rows of the global
+batch that live on its own devices.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def shard_batch(batch, mesh: Mesh):
     return jax.device_put(batch, batch_sharding(mesh))
+
+
+def make_global_batch(get_batch, mesh: Mesh):
+    """``key -> batch``: the global batch of the (jittable) ``get_batch``, sharded over ``mesh``.
+
+    One process: ``get_batch`` then :func:`shard_batch`. Several: ``get_batch`` compiled with a
+    sharded output, so each process computes only its own rows (with JAX's default
+    partitionable threefry, random draws equal the unsharded ones, so the global batch does not
+    depend on the number of processes).
+    """
+    if jax.process_count() == 1:
+        return lambda key: shard_batch(get_batch(key), mesh)
+    return jax.jit(get_batch, out_shardings=batch_sharding(mesh))
 
 
 def replicate(tree, mesh: Mesh):

@@ -6,9 +6,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax
 import numpy as np
 
-from . import cli, report
+from . import cli, distributed, report
 from .loop import Task, TrainResult, train
 
 
@@ -40,17 +41,25 @@ def main(
 
     Writes ``config.json``, ``history.csv``, ``evals.csv``, ``metrics.json``,
     ``training_curve.png`` and the checkpoint under ``--out``; returns the metrics.
+
+    In a multi-process run (:mod:`.distributed`) every process trains; process 0 alone writes
+    files and runs ``finish``; the others return the metrics without ``finish``'s.
     """
     t_start = time.perf_counter()
     cfg = cli.parse_config(config_cls, smoke, argv)
+    distributed.initialize(cfg)  # before any JAX computation (build's included)
+    writer = distributed.is_writer()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cli.write_config(cfg, out / "config.json")
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+        cli.write_config(cfg, out / "config.json")
     task = build(cfg)
     result = train(cfg, task)
-    metrics = summarise(result)
+    metrics = dict(summarise(result), num_processes=jax.process_count())
     if result.evals:
         metrics["final_eval"] = {k: v for k, v in result.evals[-1].items() if k != "step"}
+    if not writer:
+        return metrics
     report.write_csv(out / "history.csv", result.history)
     report.write_csv(out / "evals.csv", result.evals)
     report.plot_training_curve(

@@ -1,0 +1,139 @@
+"""Launch one command as N local processes of a multi-process JAX run.
+
+    python -m experiments.launch --num-processes 2 -- \\
+        python -m experiments.spiral --smoke --out runs/spiral_2proc
+
+Each process gets the environment of JAX's multi-controller runtime (``JAX_COORDINATOR_ADDRESS``
+on a free local port, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), which the experiment harness
+reads (``experiments/common/distributed.py``); with ``--cpu-devices-per-process K`` each has K
+CPU devices. Output is streamed line by line, prefixed ``[i]``. When a process fails (or the
+``--timeout`` passes) the others are stopped and the launcher exits with the failing status.
+On several hosts, run the command once per host with those variables set by hand or by the
+cluster's launcher (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+TIMEOUT_STATUS = 124  # as coreutils `timeout`
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (the coordinator binds it moments later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(i: int, n: int, address: str, cpu_devices: int = 0, base=None) -> dict:
+    """The environment of process ``i`` of ``n`` joining the coordinator at ``address``."""
+    env = dict(os.environ if base is None else base)
+    env.update(JAX_COORDINATOR_ADDRESS=address, JAX_NUM_PROCESSES=str(n), JAX_PROCESS_ID=str(i))
+    if cpu_devices:
+        env["JAX_NUM_CPU_DEVICES"] = str(cpu_devices)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # interleave the streams as they happen
+    return env
+
+
+def _stream(i: int, proc: subprocess.Popen, lock: threading.Lock):
+    for line in proc.stdout:
+        with lock:
+            sys.stdout.write(f"[{i}] {line}")
+            sys.stdout.flush()
+
+
+def _stop(procs: Sequence[subprocess.Popen], grace: float = 5.0):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def launch(
+    command: Sequence[str], num_processes: int, *, cpu_devices: int = 0, timeout: float = 0
+) -> int:
+    """Run ``command`` as ``num_processes`` processes; return 0 when all succeed, else the
+    first failure's exit status (``TIMEOUT_STATUS`` after ``timeout`` seconds, if > 0)."""
+    address = f"127.0.0.1:{free_port()}"
+    lock = threading.Lock()
+    procs, threads = [], []
+    for i in range(num_processes):
+        env = process_env(i, num_processes, address, cpu_devices)
+        proc = subprocess.Popen(
+            list(command), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        procs.append(proc)
+        threads.append(threading.Thread(target=_stream, args=(i, proc, lock), daemon=True))
+        threads[-1].start()
+    start, status = time.monotonic(), 0
+    try:
+        while [p.poll() for p in procs].count(None):  # poll every one: sets returncode
+            failed = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode]
+            if failed:
+                i, status = failed[0]
+                _report(f"process {i} exited with status {status}; stopping the others")
+                break
+            if timeout and time.monotonic() - start > timeout:
+                _report(f"timed out after {timeout:g} s; stopping all processes")
+                status = TIMEOUT_STATUS
+                break
+            time.sleep(0.05)
+    finally:  # also on Ctrl-C
+        _stop(procs)
+        for t in threads:
+            t.join(timeout=5)
+    if status == 0:
+        status = next((p.returncode for p in procs if p.returncode), 0)
+        if status:
+            _report(f"a process exited with status {status}")
+    return status if status >= 0 else 128 - status  # killed by signal k: 128 + k
+
+
+def _report(message: str):
+    print(f"[launch] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.launch",
+        description="Run COMMAND as N local processes of one multi-process JAX run.",
+        usage="%(prog)s [-h] [--num-processes N] [--cpu-devices-per-process K] "
+        "[--timeout S] -- COMMAND...",
+    )
+    parser.add_argument("--num-processes", "-n", type=int, default=2, help="processes (2)")
+    parser.add_argument(
+        "--cpu-devices-per-process", type=int, default=0, help="CPU devices each (0: JAX's own)"
+    )
+    parser.add_argument("--timeout", type=float, default=0, help="seconds, 0: none (0)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("give the command to run after --")
+    if args.num_processes < 1:
+        parser.error("--num-processes must be >= 1")
+    return launch(
+        command,
+        args.num_processes,
+        cpu_devices=args.cpu_devices_per_process,
+        timeout=args.timeout,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
