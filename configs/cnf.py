@@ -9,10 +9,11 @@ from ode_jax.data import POTENTIALS as POTENTIAL_NAMES
 from ode_jax.data import TOY_DATASETS as DATASET_NAMES
 
 from .base import TrainConfig, require
+from .regularise import RegularisationFields
 
 
 @dataclasses.dataclass(frozen=True)
-class CNFConfig(TrainConfig):
+class CNFConfig(RegularisationFields, TrainConfig):
     """Task and target; model (planar NF, planar CNF or FFJORD MLP CNF); solver; training."""
 
     out: str = "runs/cnf"  # folder for everything the run writes
@@ -54,6 +55,9 @@ class CNFConfig(TrainConfig):
         require(self, "eval_samples", self.eval_samples >= 2, "must be >= 2")
         require(self, "grid_size", self.grid_size >= 2, "must be >= 2")
         require(self, "grid_lim", self.grid_lim > 0, "must be positive")
+        ok = self.reg != "error" or self.adjoint == "discrete"
+        require(self, "reg", ok, "(the error estimate) needs --adjoint discrete")
+        require(self, "reg", self.reg == "none" or self.model != "nf", "needs a CNF model")
 
 
 # --smoke: a run that finishes in seconds (the tests use it).

@@ -12,6 +12,7 @@ from typing import Literal
 from ode_jax.data import DEFAULT_IDX_DIR
 
 from .base import TrainConfig, require
+from .regularise import RegularisationFields
 
 TRAIN_SIZE = 60_000  # images in the MNIST / Fashion-MNIST training files
 VAL_SIZE = 5_000  # held out of the training files for model selection
@@ -20,7 +21,7 @@ MODELS = ("odenet", "resnet", "rknet")
 
 
 @dataclasses.dataclass(frozen=True)
-class ODENetConfig(TrainConfig):
+class ODENetConfig(RegularisationFields, TrainConfig):
     """Data, model, solver and training of one classifier."""
 
     out: str = "runs/odenet"  # folder for everything the run writes
@@ -59,6 +60,9 @@ class ODENetConfig(TrainConfig):
         require(self, "width", self.width >= 2 and self.width % 2 == 0, "must be even, >= 2")
         require(self, "res_blocks", self.res_blocks >= 1, "must be >= 1")
         require(self, "eval_batch", self.eval_batch >= 1, "must be >= 1")
+        ok = self.reg != "error" or self.model == "rknet"
+        require(self, "reg", ok, "(the error estimate) needs the discrete adjoint: --model rknet")
+        require(self, "reg", self.reg == "none" or self.model != "resnet", "needs an ODE block")
 
 
 # --smoke: a run that finishes in seconds on a tiny dataset (the tests write one).

@@ -8,10 +8,11 @@ from typing import Literal
 import ode_jax
 
 from .base import TrainConfig, require
+from .regularise import RegularisationFields
 
 
 @dataclasses.dataclass(frozen=True)
-class SpiralConfig(TrainConfig):
+class SpiralConfig(RegularisationFields, TrainConfig):
     """Data: the true system sampled on [0, t_end]; model: an MLP field; solver; training."""
 
     out: str = "runs/spiral"  # folder for everything the run writes
@@ -44,6 +45,8 @@ class SpiralConfig(TrainConfig):
         require(self, "depth", self.depth >= 0, "must be >= 0")
         ok = self.reversible or self.adjoint != "reversible"
         require(self, "adjoint", ok, "needs a reversible solver: add --reversible")
+        ok = self.reg != "error" or self.adjoint == "discrete"
+        require(self, "reg", ok, "(the error estimate) needs --adjoint discrete")
 
     def solve_settings(self, **overrides) -> ode_jax.SolveSettings:
         if self.reversible:

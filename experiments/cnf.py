@@ -85,37 +85,43 @@ def init_flow(cfg: CNFConfig, key):
         divergence=cfg.divergence,
         noise=cfg.noise,
         settings=cfg.solve_settings(),
+        regulariser=cfg.regulariser(cfg.t1),
     )
 
 
-def log_prob(flow, x, key=None, probe=None, exact=False):
-    """``(log p(x), nfe)`` for either model family (a planar NF has no NFE: 0)."""
+def _no_solve():
+    return {"nfe": jnp.zeros((), jnp.int32)}
+
+
+def log_prob(flow, x, key=None, probe=None, exact=False, regularise=False):
+    """``(log p(x), stats)`` for either model family (a planar NF has no NFE: 0).
+
+    ``regularise``: a training solve with the CNF's regulariser (``stats["penalties"]``)."""
     if isinstance(flow, PlanarFlow):
-        return flow.log_prob(x), jnp.zeros((), jnp.int32)
-    logp, stats = flow.log_prob(x, key=key, probe=probe, divergence="exact" if exact else None)
-    return logp, stats["nfe"]
+        return flow.log_prob(x), _no_solve()
+    div = "exact" if exact else None
+    return flow.log_prob(x, key=key, probe=probe, divergence=div, regularise=regularise)
 
 
-def sample(flow, z, key=None, probe=None, exact=False):
-    """``(x, log q(x), nfe)`` for base samples ``z``."""
+def sample(flow, z, key=None, probe=None, exact=False, regularise=False):
+    """``(x, log q(x), stats)`` for base samples ``z``."""
     if isinstance(flow, PlanarFlow):
         x, logq = flow.sample_with_log_prob(z)
-        return x, logq, jnp.zeros((), jnp.int32)
-    x, logq, stats = flow.sample_with_log_prob(
-        z, key=key, probe=probe, divergence="exact" if exact else None
-    )
-    return x, logq, stats["nfe"]
+        return x, logq, _no_solve()
+    div = "exact" if exact else None
+    return flow.sample_with_log_prob(z, key=key, probe=probe, divergence=div, regularise=regularise)
 
 
-def objective(flow, batch, cfg: CNFConfig, key=None, probe=None, exact=False):
-    """The per-task loss: ``E_q[log q + U]`` (density) or the mean NLL (mle); and the NFE."""
+def objective(flow, batch, cfg: CNFConfig, key=None, probe=None, exact=False, regularise=False):
+    """The per-task loss: ``E_q[log q + U]`` (density) or the mean NLL (mle); and the solve's
+    stats (``stats["penalties"]`` with ``regularise``)."""
     if cfg.task == "density":
-        x, logq, nfe = sample(flow, batch["z"], key, probe, exact)
+        x, logq, stats = sample(flow, batch["z"], key, probe, exact, regularise)
         per_sample = logq + potential(cfg.data, x)
     else:
-        logp, nfe = log_prob(flow, batch["x"], key, probe, exact)
+        logp, stats = log_prob(flow, batch["x"], key, probe, exact, regularise)
         per_sample = -logp
-    return per_sample, nfe
+    return per_sample, stats
 
 
 def draw(cfg: CNFConfig, key, n: int) -> dict:
@@ -139,9 +145,9 @@ def reference(cfg: CNFConfig) -> dict:
 
 @eqx.filter_jit
 def _evaluate(flow, batch, cfg):
-    per_sample, nfe = objective(flow, batch, cfg, exact=True)
+    per_sample, stats = objective(flow, batch, cfg, exact=True)
     n = per_sample.shape[0]
-    return jnp.mean(per_sample), jnp.std(per_sample) / jnp.sqrt(n), nfe
+    return jnp.mean(per_sample), jnp.std(per_sample) / jnp.sqrt(n), stats["nfe"]
 
 
 def build(cfg: CNFConfig) -> common.Task:
@@ -149,8 +155,11 @@ def build(cfg: CNFConfig) -> common.Task:
     ref = reference(cfg)
 
     def loss(flow, batch, key, probe):
-        per_sample, nfe = objective(flow, batch, cfg, key, probe)
-        return jnp.mean(per_sample), {"nfe_fwd": nfe}
+        per_sample, stats = objective(flow, batch, cfg, key, probe, regularise=cfg.reg != "none")
+        fit, penalties = jnp.mean(per_sample), stats.get("penalties", {})
+        size = per_sample.shape[0] * 2  # the flow's state: (N, 2)
+        aux = {"nfe_fwd": stats["nfe"], **({"fit": fit, **penalties} if penalties else {})}
+        return fit + cfg.penalty(penalties, size), aux
 
     def evaluate(flow):
         mean, se, nfe = _evaluate(flow, test_batch, cfg)

@@ -143,10 +143,12 @@ class Classifier(eqx.Module):
     head_norm: GroupNorm
     linear: eqx.nn.Linear
 
-    def __call__(self, x_NHWC, probe=None):
+    def __call__(self, x_NHWC, probe=None, key=None):
+        """``key`` given: a training solve with the ODE block's regulariser, whose penalties
+        are in ``stats["penalties"]``."""
         h = self.downsample(x_NHWC)
         if isinstance(self.body, ODEBlock):
-            h, stats = self.body.solve(h, probe)
+            h, stats = self.body.solve(h, probe, regularise=key is not None, key=key)
         else:
             for block in self.body:
                 h = block(h)
@@ -169,7 +171,7 @@ def make_model(cfg: ODENetConfig, key) -> Classifier:
         if cfg.model == "rknet":  # the same block, differentiated through the solver's steps
             settings = settings.replace(adjoint="discrete")
         field = ConvField(cfg.width, key=kb, impl=cfg.conv_impl)
-        body = ODEBlock(field, 1.0, settings=settings)
+        body = ODEBlock(field, 1.0, settings=settings, regulariser=cfg.regulariser(1.0))
     linear = eqx.nn.Linear(cfg.width, NUM_CLASSES, dtype=DTYPE, key=kl)
     return Classifier(Downsample(cfg.width, key=kd), body, _norm(cfg.width), linear)
 
@@ -266,10 +268,13 @@ def build(cfg: ODENetConfig) -> common.Task:
         return {"images": images, "labels": train_y[idx]}
 
     def loss(model, batch, key, probe):
-        del key
-        logits, stats = model(batch["images"], probe)
+        logits, stats = model(batch["images"], probe, key if cfg.reg != "none" else None)
         acc = jnp.mean(is_correct(logits, batch["labels"]))
-        return cross_entropy(logits, batch["labels"]), {"nfe_fwd": stats["nfe"], "train_acc": acc}
+        ce = cross_entropy(logits, batch["labels"])
+        penalties = stats.get("penalties", {})
+        size = batch["images"].shape[0] * 36 * cfg.width  # the ODE state: (N, 6, 6, width)
+        aux = {"nfe_fwd": stats["nfe"], "train_acc": acc, "ce": ce, **penalties}
+        return ce + cfg.penalty(penalties, size), aux
 
     def evaluate(model):
         val = evaluate_split(model, *splits["val"], cfg.eval_batch)

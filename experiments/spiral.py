@@ -59,6 +59,19 @@ def solve(model, y0, ts, cfg: SpiralConfig, probe=None):
     return cfg.solve_settings().odeint(_call, y0, ts, model, probe=probe)
 
 
+def solve_regularised(model, y0, ts, cfg: SpiralConfig, reg: ode_jax.Regulariser, key, probe):
+    """A training solve with ``reg``'s penalties; STEER draws the window's last time from
+    ``U(t_last - b, t_last + b)`` (the target stays the data at t_last)."""
+    k_probe, k_steer = jax.random.split(key)
+    if reg.steer > 0:
+        t_last = ode_jax.steer_end_time(k_steer, ts[-2], ts[-1], reg.steer, ts.dtype)
+        ts = jnp.concatenate([jnp.asarray(ts[:-1]), t_last[None]])
+    kwargs = cfg.solve_settings().kwargs()
+    return ode_jax.regularised_odeint(
+        _call, y0, ts, model, regulariser=reg, key=k_probe, probe=probe, **kwargs
+    )
+
+
 @eqx.filter_jit
 def predict(model, cfg: SpiralConfig):
     """The learned field integrated from the true y(0) over the whole horizon: (N, 2), stats."""
@@ -80,11 +93,17 @@ def build(cfg: SpiralConfig) -> common.Task:
         windows = ys[starts[:, None] + jnp.arange(cfg.batch_time)[None]]  # (B, T, 2)
         return {"y0": windows[:, 0], "target": windows}
 
+    reg = cfg.regulariser(float(window_ts[-1] - window_ts[-2]))
+
     def loss(model, batch, key, probe):
-        del key
-        sol = solve(model, batch["y0"], window_ts, cfg, probe)  # ys: (T, B, 2)
-        pred = jnp.swapaxes(sol.ys, 0, 1)
-        return jnp.mean(jnp.abs(pred - batch["target"])), {"nfe_fwd": sol.stats["nfe"]}
+        if reg is None:
+            sol, penalties = solve(model, batch["y0"], window_ts, cfg, probe), {}
+        else:
+            sol, penalties = solve_regularised(model, batch["y0"], window_ts, cfg, reg, key, probe)
+        pred = jnp.swapaxes(sol.ys, 0, 1)  # ys: (T, B, 2)
+        fit = jnp.mean(jnp.abs(pred - batch["target"]))
+        aux = {"nfe_fwd": sol.stats["nfe"], "fit": fit, **penalties}
+        return fit + cfg.penalty(penalties, batch["y0"].size), aux
 
     def evaluate(model):
         pred, stats = predict(model, cfg)

@@ -10,6 +10,16 @@ from ._control import rms_norm as rms_norm
 from ._discrete import DiscreteAdjoint as DiscreteAdjoint
 from ._event import Event as Event
 from ._odeint import odeint as odeint
+from ._regularise import PENALTIES as PENALTIES
+from ._regularise import ErrorAccumulator as ErrorAccumulator
+from ._regularise import Regulariser as Regulariser
+from ._regularise import accumulate_error as accumulate_error
+from ._regularise import hutchinson_probe as hutchinson_probe
+from ._regularise import penalty_rates as penalty_rates
+from ._regularise import regularised_field as regularised_field
+from ._regularise import regularised_odeint as regularised_odeint
+from ._regularise import steer_end_time as steer_end_time
+from ._regularise import taylor_derivatives as taylor_derivatives
 from ._reversible import ReversibleAdjoint as ReversibleAdjoint
 from ._reversible import reversible as reversible
 from ._settings import SolveSettings as SolveSettings

@@ -23,10 +23,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._odeint import odeint
+from .._regularise import (
+    Regulariser,
+    hutchinson_probe,
+    init_state,
+    penalty_rates,
+    solve_kwargs,
+    split_solution,
+    steer_end_time,
+)
 from .._settings import SolveSettings
 from ._broadcast import lift
 from ._planar import standard_normal_log_prob
-from ._solve import solve_with
+from ._solve import SETTINGS_FIELDS, solve_with
 
 DIVERGENCES = ("exact", "hutchinson")
 DEFAULT_SETTINGS = SolveSettings(solver="dopri5", rtol=1e-5, atol=1e-5)
@@ -134,6 +144,28 @@ def _augmented_hutchinson(t, state, args):
     return dz, -div
 
 
+def _regularised(reg: Regulariser, kind: str):
+    """The field of ``((z, delta), rates)``: the CNF's, plus the penalties of the flow ``z``."""
+
+    def g(t, state, args):
+        (z, _), rates = state
+        (field, eps), reg_eps = args
+        dz, div = flow_and_divergence(field, t, z, kind, eps)
+        _, dr = penalty_rates(
+            lambda t_, z_: field(t_, z_),
+            t,
+            z,
+            reg.penalties,
+            eps=reg_eps,
+            order=reg.order,
+            trace=reg.trace,
+        )
+        out = {p: dr[p].astype(r.dtype) if p in dr else jnp.zeros_like(r) for p, r in rates.items()}
+        return (dz, -div), out
+
+    return g
+
+
 def _plain(t, z, field):
     return field(t, z)
 
@@ -151,6 +183,11 @@ class CNF(eqx.Module):
         settings: how to solve (:class:`ode_jax.SolveSettings`: solver, tolerances, adjoint...);
             default dopri5 at rtol = atol = 1e-5.
 
+        regulariser: an :class:`ode_jax.Regulariser` applied by training calls that pass
+            ``regularise=True`` (``to_base``, ``log_prob``, ``sample_with_log_prob``): the
+            penalties of the flow ``dz/dt`` (sums over the batch) come back in
+            ``stats["penalties"]``; STEER randomises the end ``t1`` of the solve.
+
     Every method takes a batch ``(..., d)`` and returns the solver statistics last; its
     ``overrides`` replace settings for that call (e.g. ``rtol=1e-7``; traced values allowed).
     """
@@ -161,6 +198,7 @@ class CNF(eqx.Module):
     divergence: str = eqx.field(static=True)
     noise: str = eqx.field(static=True)
     settings: SolveSettings = eqx.field(static=True)
+    regulariser: Regulariser | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -171,6 +209,7 @@ class CNF(eqx.Module):
         divergence: Literal["exact", "hutchinson"] = "exact",
         noise: Literal["gaussian", "rademacher"] = "gaussian",
         settings: SolveSettings = DEFAULT_SETTINGS,
+        regulariser: Regulariser | None = None,
     ):
         if not callable(field):
             raise TypeError(f"field must be callable field(t, z), got {type(field).__name__}")
@@ -184,9 +223,16 @@ class CNF(eqx.Module):
             raise TypeError(f"settings must be an ode_jax.SolveSettings, got {settings!r}")
         self.field = field
         self.t0, self.t1 = float(t0), float(t1)
+        if regulariser is not None and not isinstance(regulariser, Regulariser):
+            raise TypeError(f"regulariser must be an ode_jax.Regulariser, got {regulariser!r}")
+        if regulariser is not None and regulariser.steer >= t1 - t0:
+            raise ValueError(f"STEER's half width {regulariser.steer} must be < t1 - t0")
         self.divergence, self.noise, self.settings = divergence, noise, settings
+        self.regulariser = regulariser
 
-    def _solve(self, state0, ts, kind, key, probe, overrides):
+    def _solve(self, state0, ts, kind, key, probe, overrides, regularise=False):
+        if regularise and self.regulariser is not None:
+            return self._solve_regularised(state0, ts, kind, key, probe, overrides)
         kind = kind or self.divergence
         if kind not in DIVERGENCES:
             raise ValueError(f"divergence={kind!r} is not one of {DIVERGENCES}")
@@ -200,13 +246,42 @@ class CNF(eqx.Module):
         sol = solve_with(self.settings, f, state0, ts, args, probe=probe, overrides=overrides)
         return jax.tree.map(lambda y: y[-1], sol.ys), sol.stats
 
+    def _solve_regularised(self, state0, ts, kind, key, probe, overrides):
+        kind, reg = kind or self.divergence, self.regulariser
+        if kind not in DIVERGENCES:
+            raise ValueError(f"divergence={kind!r} is not one of {DIVERGENCES}")
+        if (reg.needs_key or kind == "hutchinson") and key is None:
+            raise ValueError("this regularised solve draws random numbers: pass key=...")
+        unknown = sorted(set(overrides) - set(SETTINGS_FIELDS))
+        if unknown:
+            raise TypeError(f"unknown solve setting(s) {unknown}; settings: {SETTINGS_FIELDS}")
+        z0 = state0[0]
+        eps = reg_eps = None
+        if kind == "hutchinson":
+            eps = sample_noise(key, z0.shape, self.noise, z0.dtype)
+        if key is not None:
+            k_reg, k_steer = jax.random.split(jax.random.fold_in(key, 1))
+        if "jacobian" in reg.penalties and reg.trace == "hutchinson":
+            reg_eps = hutchinson_probe(k_reg, z0, reg.noise)
+        if reg.steer > 0:  # the end at t1 moves, whichever way the solve runs
+            t_end = steer_end_time(k_steer, self.t0, self.t1, reg.steer, z0.dtype)
+            t0 = jnp.asarray(self.t0, z0.dtype)
+            ts = jnp.stack([t0, t_end]) if ts[0] < ts[1] else jnp.stack([t_end, t0])
+        kwargs = solve_kwargs(reg, self.settings.kwargs() | overrides)
+        f = _regularised(reg, kind)
+        state0 = init_state(state0, reg.penalties, z0.dtype)
+        sol, penalties = split_solution(
+            odeint(f, state0, ts, ((self.field, eps), reg_eps), probe=probe, **kwargs)
+        )
+        return jax.tree.map(lambda y: y[-1], sol.ys), {**sol.stats, "penalties": penalties}
+
     def _check(self, arr, name):
         arr = jnp.asarray(arr)
         if arr.ndim < 1 or not jnp.issubdtype(arr.dtype, jnp.floating):
             raise ValueError(f"{name} must be a float array of shape (..., d), got {arr.shape}")
         return arr
 
-    def to_base(self, x, *, key=None, divergence=None, probe=None, **overrides):
+    def to_base(self, x, *, key=None, divergence=None, probe=None, regularise=False, **overrides):
         """``(z, log p(x), stats)``: solve ``[x, 0]`` from ``t0`` to ``t1``.
 
         ``z`` has the shape of ``x``, ``log p(x)`` shape ``x.shape[:-1]``. ``key`` draws the
@@ -215,20 +290,24 @@ class CNF(eqx.Module):
         x = self._check(x, "x")
         ts = np.array([self.t0, self.t1], x.dtype)
         state0 = (x, jnp.zeros(x.shape[:-1], x.dtype))
-        (z, delta), stats = self._solve(state0, ts, divergence, key, probe, overrides)
+        (z, delta), stats = self._solve(state0, ts, divergence, key, probe, overrides, regularise)
         return z, standard_normal_log_prob(z) - delta, stats
 
-    def log_prob(self, x, *, key=None, divergence=None, probe=None, **overrides):
+    def log_prob(self, x, *, key=None, divergence=None, probe=None, regularise=False, **overrides):
         """``(log p(x), stats)``; see :meth:`to_base`."""
-        _, logp, stats = self.to_base(x, key=key, divergence=divergence, probe=probe, **overrides)
+        _, logp, stats = self.to_base(
+            x, key=key, divergence=divergence, probe=probe, regularise=regularise, **overrides
+        )
         return logp, stats
 
-    def sample_with_log_prob(self, z, *, key=None, divergence=None, probe=None, **overrides):
+    def sample_with_log_prob(
+        self, z, *, key=None, divergence=None, probe=None, regularise=False, **overrides
+    ):
         """``(x, log p(x), stats)`` for base samples ``z``: solve from ``t1`` back to ``t0``."""
         z = self._check(z, "z")
         ts = np.array([self.t1, self.t0], z.dtype)
         state0 = (z, standard_normal_log_prob(z))
-        (x, logp), stats = self._solve(state0, ts, divergence, key, probe, overrides)
+        (x, logp), stats = self._solve(state0, ts, divergence, key, probe, overrides, regularise)
         return x, logp, stats
 
     def transport(self, y, ts, *, probe=None, **overrides):
