@@ -1,21 +1,24 @@
-"""Latent ODE vs RNN baselines on irregularly sampled spirals (paper Section 5, Table 2).
+"""Latent ODE vs RNN baselines on irregularly sampled spirals (paper Section 5.1, Table 2).
 
-Three models train on the same batches of the same spirals, each seeing ``n_obs`` noisy points
-per spiral drawn without replacement from the first ``n_grid`` grid times: the latent ODE
-(ELBO), an RNN, and an RNN that also reads the time gap (both Gaussian likelihoods). Each is
-scored by the RMSE of its prediction at the ``n_extrap`` grid times after the window, against
-the noise-free and the noisy trajectory, on held-out spirals (and on training spirals, also
-on those whose targets run past the part of the trajectory that training windows cover).
+One run trains one model on the training spirals and keeps the checkpoint with the lowest
+validation extrapolation RMSE (``best/``); its logs and curves show train and validation only.
+The models: the latent ODE (ELBO), an RNN stepping along the time grid with an observation
+mask (``rnn``), and an RNN stepping from observation to observation reading the time gap
+(``rnn_gap``); both RNNs are autoregressive forecasters trained on squared error. Each is
+scored by the RMSE of its prediction at the ``n_extrap`` grid times after the observed window.
+The ``table`` command scores the kept checkpoints on the test spirals, once.
 
-    python -m experiments.latent_ode --n-obs 30 --out runs/latent_ode/n30   # --help: all flags
-    python -m experiments.latent_ode table runs/latent_ode/n{30,50,100} --out results/latent_ode
+    python -m experiments.latent_ode --model latent_ode --n-obs 30 --out runs/latent_ode/lode_n30_s0
+    python -m experiments.latent_ode val runs/latent_ode/*            # validation summary
+    python -m experiments.latent_ode table runs/latent_ode/* --out results/latent_ode
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import math
-import shutil
 import sys
 from pathlib import Path
 
@@ -26,117 +29,99 @@ import numpy as np
 
 from configs.latent_ode import SMOKE, LatentODEConfig
 from experiments import common
-from experiments.common import report
-from ode_jax.data import make_spirals, sample_observation_indices
+from ode_jax.data import sample_observation_indices
 from ode_jax.nn import LatentODE, RNNBaseline, latent_ode_elbo
 
 MODELS = ("latent_ode", "rnn", "rnn_gap")
-LABELS = {"latent_ode": "Latent ODE", "rnn": "RNN", "rnn_gap": "RNN + time gap"}
+LABELS = {"latent_ode": "Latent ODE", "rnn": "RNN (grid + mask)", "rnn_gap": "RNN + time gap"}
+SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 
 
-class Models(eqx.Module):
-    """The three models, trained side by side (disjoint parameters, summed losses)."""
+@dataclasses.dataclass(frozen=True)
+class SpiralSplit:
+    """``S`` spirals on one grid of ``T = n_grid + n_extrap`` times, each observed at ``n_obs``
+    of its first ``n_grid`` grid points.
 
-    latent_ode: LatentODE
-    rnn: RNNBaseline | None
-    rnn_gap: RNNBaseline | None
-
-
-def spiral_kwargs(cfg: LatentODEConfig) -> dict:
-    """``make_spirals`` keywords from the config (all but the seed, count and start range)."""
-    return dict(
-        n_grid=cfg.n_grid,
-        n_extrap=cfg.n_extrap,
-        dt=cfg.dt,
-        a=cfg.spiral_a,
-        b=cfg.spiral_b,
-        theta_min=cfg.theta_min,
-        offset=cfg.spiral_offset,
-        noise_std=cfg.noise_std,
-    )
-
-
-@functools.lru_cache(maxsize=4)
-def datasets(cfg: LatentODEConfig):
-    """``(train, test)``: spirals plus each spiral's fixed observation indices (S, n_obs).
-
-    Training windows start anywhere on the long trajectories; test sequences (with
-    ``test_covered``) only where their extrapolation targets stay on them (see
-    ode_jax/data/_spirals.py: the region past each test window is seen in training windows).
+    Attributes:
+        ts: (T,) times, ``dt * arange(T)``, float32.
+        clean, noisy: (S, T, 2) noise-free and noisy positions, float32.
+        clockwise: (S,) bool.
+        idx: (S, n_obs) sorted grid indices of the observations, int32.
     """
-    kw = spiral_kwargs(cfg)
-    train_max = cfg.n_total - cfg.n_grid
-    test_max = train_max - cfg.n_extrap if cfg.test_covered else train_max
-    out = []
-    for i, (num, start_max) in enumerate(((cfg.num_train, train_max), (cfg.num_test, test_max))):
-        seed = cfg.data_seed + i
-        spirals = make_spirals(seed, num, start_max=start_max, **kw)
-        # The subset depends on (seed, n_obs) only: the same spirals for every model.
-        idx = sample_observation_indices(seed + 1000 * cfg.n_obs, num, cfg.n_grid, cfg.n_obs)
-        out.append((spirals, idx))
-    return tuple(out)
+
+    ts: np.ndarray
+    clean: np.ndarray
+    noisy: np.ndarray
+    clockwise: np.ndarray
+    idx: np.ndarray
+
+    def take(self, rows) -> SpiralSplit:
+        return dataclasses.replace(
+            self,
+            clean=self.clean[rows],
+            noisy=self.noisy[rows],
+            clockwise=self.clockwise[rows],
+            idx=self.idx[rows],
+        )
+
+    def observed(self):
+        """Observed values (S, n_obs, 2) and times (S, n_obs)."""
+        return np.take_along_axis(self.noisy, self.idx[..., None], axis=1), self.ts[self.idx]
 
 
-def observed(spirals, idx):
-    """Observed values (S, n, 2) and times (S, n) of ``spirals`` at grid indices ``idx``."""
-    x = np.take_along_axis(spirals.noisy, idx[..., None], axis=1)
-    return x, spirals.ts[idx]
+def spiral_paths(cfg: LatentODEConfig, r0, phi0, clockwise, ts):
+    """Noise-free positions (S, T, 2), float64: r = r0 + b t, phi = phi0 +- t around the
+    direction's centre (counter-clockwise at (+offset, 0), clockwise at (-offset, 0))."""
+    sign = np.where(clockwise, -1.0, 1.0)[:, None]
+    r = r0[:, None] + cfg.spiral_b * ts[None]
+    phi = phi0[:, None] + sign * ts[None]
+    return np.stack([r * np.cos(phi) + sign * cfg.spiral_offset, r * np.sin(phi)], axis=-1)
 
 
-def predict(models: Models, x_BND, t_BN, cfg: LatentODEConfig, ts_T) -> dict:
-    """Each model's prediction on the whole grid ``ts_T`` (latent ODE; uses the posterior mean)
-    or on the extrapolation part (RNNs): arrays (B, T or n_extrap, 2); plus the latent path."""
-    lode = models.latent_ode
-    mean, _ = lode.encode(x_BND, t_BN, ts_T[0])
-    z_TBL, _ = lode.trajectory(mean, ts_T)
-    out = {"latent_ode": jnp.swapaxes(lode.decode(z_TBL), 0, 1), "z": jnp.swapaxes(z_TBL, 0, 1)}
-    future = ts_T[cfg.n_grid :]
-    for name in MODELS[1:]:
-        rnn = getattr(models, name)
-        if rnn is not None:
-            out[name] = jax.vmap(rnn.extrapolate, in_axes=(0, 0, None))(x_BND, t_BN, future)
-    return out
+@functools.lru_cache(maxsize=8)
+def make_split(cfg: LatentODEConfig, split: str) -> SpiralSplit:
+    """The ``split`` ("train", "val" or "test") spirals: exactly half clockwise, each from its
+    own start point; the observed subset depends on (split, n_obs) only."""
+    seed = cfg.data_seed + SPLIT_OFFSET[split]
+    num = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}[split]
+    rng = np.random.default_rng(seed)
+    clockwise = rng.permutation(np.arange(num) < num // 2)
+    r0 = rng.uniform(cfg.r0_min, cfg.r0_max, num)
+    phi0 = rng.uniform(0.0, 2 * math.pi, num)
+    ts = cfg.dt * np.arange(cfg.n_grid + cfg.n_extrap)
+    clean = spiral_paths(cfg, r0, phi0, clockwise, ts)
+    noisy = clean + cfg.noise_std * rng.standard_normal(clean.shape)
+    idx = sample_observation_indices(1000 * (seed + 1) + cfg.n_obs, num, cfg.n_grid, cfg.n_obs)
+    f32 = np.float32
+    return SpiralSplit(ts.astype(f32), clean.astype(f32), noisy.astype(f32), clockwise, idx)
 
 
 def grid_times(cfg: LatentODEConfig) -> np.ndarray:
-    """The spirals' time grid (as make_spirals builds it), as numpy: concrete inside jit."""
+    """The time grid as numpy (concrete inside jit)."""
     return (cfg.dt * np.arange(cfg.n_grid + cfg.n_extrap)).astype(np.float32)
 
 
-@eqx.filter_jit
-def _predict_jit(models, x, t, cfg):
-    return predict(models, x, t, cfg, grid_times(cfg))
+def rnn_events(cfg: LatentODEConfig, x_BND, t_BN, idx_BN):
+    """What an RNN reads: ``(x, m, gap, event_times)``. ``rnn``: the window's grid points,
+    unobserved ones zero with mask 0; ``rnn_gap``: the observations, each with the gap to
+    the next one (the last: to the first extrapolation time)."""
+    ts = grid_times(cfg)
+    if cfg.model == "rnn":
+        B = x_BND.shape[0]
+        rows = jnp.arange(B)[:, None]
+        x = jnp.zeros((B, cfg.n_grid, x_BND.shape[-1]), x_BND.dtype).at[rows, idx_BN].set(x_BND)
+        m = jnp.zeros((B, cfg.n_grid), x_BND.dtype).at[rows, idx_BN].set(1.0)
+        gap = jnp.full((B, cfg.n_grid), cfg.dt, x_BND.dtype)
+        return x, m, gap, jnp.broadcast_to(ts[: cfg.n_grid], (B, cfg.n_grid))
+    end = jnp.full(t_BN[:, :1].shape, ts[cfg.n_grid], t_BN.dtype)
+    gap = jnp.diff(t_BN, axis=1, append=end)
+    return x_BND, jnp.ones(t_BN.shape, x_BND.dtype), gap, t_BN
 
 
-def scores(models: Models, cfg: LatentODEConfig, spirals, idx, prefix: str) -> dict:
-    """Extrapolation RMSE of each model against the clean and the noisy trajectory."""
-    x, t = observed(spirals, idx)
-    pred = _predict_jit(models, x, t, cfg)
-    n = cfg.n_grid
-    out = {}
-    for name in MODELS:
-        if name not in pred:
-            continue
-        p = np.asarray(pred[name])[:, -cfg.n_extrap :]
-        for kind in ("clean", "noisy"):
-            truth = getattr(spirals, kind)[:, n:]
-            out[f"{prefix}{name}_{kind}"] = float(np.sqrt(np.mean((p - truth) ** 2)))
-    interp = np.asarray(pred["latent_ode"])[:, :n] - spirals.clean[:, :n]
-    out[f"{prefix}latent_ode_interp_clean"] = float(np.sqrt(np.mean(interp**2)))
-    return out
-
-
-def build(cfg: LatentODEConfig) -> common.Task:
-    (train, train_idx), (test, test_idx) = datasets(cfg)
-    x_all, t_all = (jnp.asarray(a) for a in observed(train, train_idx))
-    idx_all = jnp.asarray(train_idx)
-    grid = train.ts[: cfg.n_grid]  # numpy: concrete times inside jit
-    obs_logvar = 2 * math.log(cfg.obs_std)  # a Python float: takes the data's dtype
-    num_eval_train = min(cfg.num_train, cfg.num_test)
-
-    def init_model(key):
-        k1, k2, k3 = jax.random.split(key, 3)
-        lode = LatentODE(
+def init_model(cfg: LatentODEConfig, key):
+    """The run's model, float32 throughout (also when a caller has enabled x64)."""
+    if cfg.model == "latent_ode":
+        model = LatentODE(
             2,
             cfg.latent_size,
             rnn_hidden=cfg.rnn_hidden,
@@ -147,250 +132,196 @@ def build(cfg: LatentODEConfig) -> common.Task:
             encoder=cfg.encoder,
             cell=cfg.cell,
             settings=cfg.solve_settings(),
-            key=k1,
+            key=key,
         )
-        rnn, rnn_gap = (
-            RNNBaseline(2, cfg.rnn_hidden, use_gap=gap, cell=cfg.cell, key=k)
-            if cfg.baselines
-            else None
-            for gap, k in ((False, k2), (True, k3))
+    else:
+        gap = cfg.model == "rnn_gap"
+        model = RNNBaseline(
+            2,
+            cfg.rnn_hidden,
+            use_gap=gap,
+            use_mask=not gap,
+            scale=cfg.input_scale,
+            gap_scale=cfg.dt,  # gaps in grid steps
+            cell=cfg.cell,
+            key=key,
         )
-        models = Models(lode, rnn, rnn_gap)
-        # float32 throughout, also when a caller has enabled x64 (a no-op otherwise).
-        return jax.tree.map(
-            lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, models
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model)
+
+
+def predict(model, cfg: LatentODEConfig, x_BND, t_BN, idx_BN) -> dict:
+    """``extrap`` (B, n_extrap, 2): the prediction at the grid times after the window;
+    ``window`` (B, W, 2) at grid indices ``window_idx`` (B, W): the latent ODE's
+    reconstruction at every window grid point (from the posterior mean of z0), an RNN's
+    one-step-ahead predictions (``rnn``: grid points 1..n_grid-1, ``rnn_gap``: the
+    observations after the first); ``z`` (B, T, L), the latent ODE's latent path."""
+    ts = grid_times(cfg)
+    W, B = cfg.n_grid, idx_BN.shape[0]
+    if cfg.model == "latent_ode":
+        mean, _ = model.encode(x_BND, t_BN, ts[0])
+        z_TBL, _ = model.trajectory(mean, ts)
+        path = jnp.swapaxes(model.decode(z_TBL), 0, 1)
+        return dict(
+            extrap=path[:, W:],
+            window=path[:, :W],
+            window_idx=jnp.broadcast_to(jnp.arange(W), (B, W)),
+            z=jnp.swapaxes(z_TBL, 0, 1),
         )
+    x, m, gap, _ = rnn_events(cfg, x_BND, t_BN, idx_BN)
+    future_gaps = jnp.asarray(np.diff(ts[W:]))
+    commit = cfg.gap_commit_steps() if cfg.model == "rnn_gap" else 1
+    extrapolate = functools.partial(model.extrapolate, commit_every=commit)
+    extrap = jax.vmap(extrapolate, in_axes=(0, 0, 0, None))(x, m, gap, future_gaps)
+    window = jax.vmap(model.run)(x, m, gap)[:, :-1]
+    if cfg.model == "rnn":
+        window_idx = jnp.broadcast_to(jnp.arange(1, W), (B, W - 1))
+    else:
+        window_idx = idx_BN[:, 1:]
+    return dict(extrap=extrap, window=window, window_idx=window_idx)
+
+
+_predict_jit = eqx.filter_jit(predict)
+
+
+def rmse(a, b) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a) - np.asarray(b)) ** 2)))
+
+
+def scores(model, cfg: LatentODEConfig, data: SpiralSplit, prefix: str) -> dict:
+    """Extrapolation RMSE against the noise-free (``extrap``) and the noisy (``extrap_noisy``)
+    path at the n_extrap grid times after the window, and the window RMSE against the
+    noise-free path at the points of :func:`predict`'s ``window`` (``interp``). RMSE per
+    coordinate: the root of the mean over spirals, times and both coordinates."""
+    x, t = data.observed()
+    pred = jax.tree.map(np.asarray, _predict_jit(model, cfg, x, t, data.idx))
+    n = cfg.n_grid
+    truth = np.take_along_axis(data.clean, pred["window_idx"][..., None], axis=1)
+    return {
+        f"{prefix}extrap": rmse(pred["extrap"], data.clean[:, n:]),
+        f"{prefix}extrap_noisy": rmse(pred["extrap"], data.noisy[:, n:]),
+        f"{prefix}interp": rmse(pred["window"], truth),
+    }
+
+
+def build(cfg: LatentODEConfig) -> common.Task:
+    """Train on the training spirals, evaluate (and select the checkpoint) on validation."""
+    train, val = make_split(cfg, "train"), make_split(cfg, "val")
+    x_all, t_all = (jnp.asarray(a) for a in train.observed())
+    idx_all = jnp.asarray(train.idx)
+    grid = grid_times(cfg)[: cfg.n_grid]
+    obs_logvar = 2 * math.log(cfg.obs_std)  # a Python float: takes the data's dtype
 
     @jax.jit
     def get_batch(key):
         rows = jax.random.choice(key, cfg.num_train, (cfg.batch_size,), replace=False)
         return {"x": x_all[rows], "t": t_all[rows], "idx": idx_all[rows]}
 
-    def loss(models: Models, batch, key, probe):
+    def loss_latent_ode(model, batch, key, probe):
         x, t, idx = batch["x"], batch["t"], batch["idx"]
-        log_lik, kl, stats = latent_ode_elbo(
-            models.latent_ode, x, t, idx, grid, obs_logvar, key, probe=probe
-        )
+        log_lik, kl, stats = latent_ode_elbo(model, x, t, idx, grid, obs_logvar, key, probe=probe)
         points = cfg.n_obs * x.shape[-1]
         elbo = jnp.mean(log_lik - kl) / points
-        total = -jnp.mean(log_lik - cfg.kl_weight * kl) / points
-        aux = {"nfe_fwd": stats["nfe"], "elbo_per_point": elbo, "kl": jnp.mean(kl)}
-        for name in MODELS[1:]:
-            rnn = getattr(models, name)
-            if rnn is not None:
-                nll = -jnp.mean(jax.vmap(rnn.log_likelihood)(x, t)) / ((cfg.n_obs - 1) * 2)
-                total = total + nll
-                aux[f"{name}_nll_per_point"] = nll
-        return total, aux
+        loss = -jnp.mean(log_lik - cfg.kl_weight * kl) / points
+        return loss, {"nfe_fwd": stats["nfe"], "elbo_per_point": elbo, "kl": jnp.mean(kl)}
 
-    # Training sequences scored too: the first num_test, and (beyond_) those whose targets
-    # run past the end of the trajectory, i.e. past what any training window shows.
-    head = slice(num_eval_train)
-    beyond = np.flatnonzero(train.start > cfg.n_total - cfg.n_grid - cfg.n_extrap)
-    beyond = beyond[: cfg.num_test]
-    splits = [(test, test_idx, "test_"), (train.take(head), train_idx[head], "train_")]
-    if beyond.size:
-        splits.append((train.take(beyond), train_idx[beyond], "beyond_"))
+    def loss_rnn(model, batch, key, probe):
+        del key, probe
+        x, m, gap, times = rnn_events(cfg, batch["x"], batch["t"], batch["idx"])
+        free = times >= cfg.rollout_from * cfg.n_grid * cfg.dt
+        pred = jax.vmap(model.run)(x, m, gap, free)[:, :-1]
+        w = m[:, 1:, None]
+        mse = jnp.sum(w * (pred - x[:, 1:]) ** 2) / (2 * jnp.sum(w))
+        return mse, {"nfe_fwd": jnp.zeros((), mse.dtype)}
 
-    def evaluate(models: Models) -> dict:
-        return {k: v for split in splits for k, v in scores(models, cfg, *split).items()}
+    train_head = train.take(slice(min(cfg.num_train, cfg.num_val)))  # a train score to compare
 
-    curve = ("test_latent_ode_clean",) + (
-        ("test_rnn_clean", "test_rnn_gap_clean") if cfg.baselines else ()
+    def evaluate(model) -> dict:
+        return scores(model, cfg, val, "val_") | scores(model, cfg, train_head, "train_")
+
+    loss = loss_latent_ode if cfg.model == "latent_ode" else loss_rnn
+    return common.Task(
+        functools.partial(init_model, cfg),
+        get_batch,
+        loss,
+        evaluate,
+        curve_keys=("train_extrap", "val_extrap"),
+        select="val_extrap",
     )
-    return common.Task(init_model, get_batch, loss, evaluate, curve_keys=curve)
 
 
 def finish(cfg: LatentODEConfig, task, result: common.TrainResult, out: Path) -> dict:
-    """Figures of the data and of a few test spirals; the final RMSEs."""
-    (train, train_idx), (test, test_idx) = datasets(cfg)
-    k = cfg.num_plot
-    x, t = observed(test, test_idx)
-    pred = jax.tree.map(np.asarray, _predict_jit(result.model, x[:k], t[:k], cfg))
-    plot_data(out / "data.png", cfg, train, train_idx, test, test_idx)
-    plot_extrapolations(out / "extrapolations.png", cfg, test, x[:k], t[:k], pred)
-    plot_latents(out / "latent_trajectories.png", cfg, test, pred["z"], test.clockwise[:k])
-    return {"n_obs": cfg.n_obs, "figures": sorted(p.name for p in out.glob("*.png"))}
+    """The training curve (train loss, train and validation RMSE) and the kept checkpoint."""
+    from experiments import latent_ode_report
+
+    latent_ode_report.plot_run_curve(out / "training_curve.png", cfg, result.history, result.evals)
+    best = common.checkpoint.read_best(out / "best")
+    return {"model": cfg.model, "n_obs": cfg.n_obs, "best": best}
 
 
-def plot_data(path, cfg, train, train_idx, test, test_idx):
-    """The two long trajectories, the span training windows cover, one training sequence's
-    observations and one test sequence's window and extrapolation targets."""
-    import matplotlib.pyplot as plt
+# --- reading finished runs ------------------------------------------------------------------
 
-    fig, ax = plt.subplots(figsize=(7, 4.4))
-    n = cfg.n_grid
-    # Two noise-free sequences from index 0: the long trajectories (one per direction).
-    kw = dict(spiral_kwargs(cfg), n_grid=cfg.n_total, start_max=0, noise_std=0.0)
-    for i, path_ in enumerate(make_spirals(0, 2, **kw).clean):
-        label = None if i else "covered by training windows"
-        ax.plot(*path_[: cfg.n_total].T, color="0.8", lw=4, label=label)
-        ax.plot(*path_[cfg.n_total - 1 :].T, color="0.6", lw=1, ls="--")
-    x, _ = observed(train.take(slice(1)), train_idx[:1])
-    ax.plot(*x[0].T, "k.", ms=4, label="a training sequence")
-    x, _ = observed(test.take(slice(1)), test_idx[:1])
-    ax.plot(*x[0].T, "C0.", ms=4, label="a test sequence")
-    ax.plot(*test.clean[0, n:].T, "C3-", lw=2, label="its extrapolation targets")
-    ax.set(aspect="equal", xticks=[], yticks=[])
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4)
-    fig.suptitle("spiral data: two long trajectories, sequences are stretches of them")
-    report.save_figure(fig, path)
-
-
-def plot_extrapolations(path, cfg, spirals, x, t, pred):
-    import matplotlib.pyplot as plt
-
-    k = x.shape[0]
-    fig, axes = plt.subplots(1, k, figsize=(3.6 * k, 3.8))
-    n = cfg.n_grid
-    for i, ax in enumerate(np.atleast_1d(axes)):
-        ax.plot(*spirals.clean[i].T, color="0.75", lw=3, label="ground truth")
-        ax.plot(*pred["latent_ode"][i, :n].T, "C0-", lw=1.2, label="latent ODE (window)")
-        ax.plot(*pred["latent_ode"][i, n:].T, "C0--", lw=1.5, label="latent ODE (extrap.)")
-        for name, c in (("rnn", "C3"), ("rnn_gap", "C2")):
-            if name in pred:
-                ax.plot(*pred[name][i].T, f"{c}:", lw=1.5, label=f"{LABELS[name]} (extrap.)")
-        ax.plot(*x[i].T, "k.", ms=4, label=f"{cfg.n_obs} observations")
-        ax.set(aspect="equal", xticks=[], yticks=[])
-    np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle(f"test spirals, n = {cfg.n_obs}: observed window then {cfg.n_extrap} steps")
-    report.save_figure(fig, path)
-
-
-def plot_latents(path, cfg, spirals, z_BTL, clockwise):
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, z_BTL.shape[-1], figsize=(3 * z_BTL.shape[-1], 2.8))
-    for j, ax in enumerate(np.atleast_1d(axes)):
-        for i in range(z_BTL.shape[0]):
-            style = "C1-" if clockwise[i] else "C0-"
-            ax.plot(spirals.ts, z_BTL[i, :, j], style, lw=1)
-        ax.axvline(spirals.ts[cfg.n_grid - 1], color="0.6", ls=":")
-        ax.set(title=f"z{j}", xlabel="t")
-    fig.suptitle("learned latent trajectories (blue: counter-clockwise, orange: clockwise)")
-    report.save_figure(fig, path)
-
-
-PAPER = {  # Table 2 of Chen et al. 2018: predictive RMSE, n = 30 / 50 / 100
-    "rnn": {30: 0.3937, 50: 0.3202, 100: 0.1813},
-    "latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346},
-}
-
-
-# Config fields that must agree between runs merged into one column of the table: the data,
-# the observed points and the training budget (the model sizes may differ).
-SHARED_FIELDS = (
-    "num_train", "num_test", "data_seed", "n_grid", "n_extrap", "n_total", "test_covered", "dt",
-    "spiral_a", "spiral_b", "theta_min", "spiral_offset", "noise_std", "n_obs", "seed", "steps",
-    "batch_size", "optimizer", "lr", "lr_schedule", "grad_clip", "weight_decay", "cell",
-    "rnn_hidden",
+# Config fields that must agree between runs collected into one table: the data.
+DATA_FIELDS = (
+    "num_train", "num_val", "num_test", "data_seed", "n_grid", "n_extrap", "dt", "spiral_b",
+    "r0_min", "r0_max", "spiral_offset", "noise_std",
 )  # fmt: skip
 
 
-def _owner(key: str) -> str | None:
-    """The model a final_eval key scores: '<split>_<model>_<kind>' -> model."""
-    rest = key.split("_", 1)[1] if "_" in key else ""
-    for name in sorted(MODELS, key=len, reverse=True):  # "rnn_gap" before "rnn"
-        if rest.startswith(name + "_"):
-            return name
-    return None
+def load_run(run) -> tuple[LatentODEConfig, eqx.Module, dict]:
+    """``(cfg, model, best)``: a run's config and the checkpoint kept on validation."""
+    run = Path(run)
+    cfg = common.config_from_dict(LatentODEConfig, json.loads((run / "config.json").read_text()))
+    like = init_model(cfg, jax.random.key(0))
+    best_dir = run / "best"
+    model = eqx.tree_deserialise_leaves(best_dir / common.checkpoint.BEST_MODEL, like)
+    return cfg, model, common.checkpoint.read_best(best_dir)
 
 
-def merge_runs(runs: list[tuple[Path, dict, dict]]) -> dict:
-    """One table row from runs with the same n: each model's scores from the last run that
-    trained it (a later run replaces an earlier one's model). Raises a ValueError when the
-    runs differ in data or training budget (SHARED_FIELDS)."""
-    first_dir, first_cfg, _ = runs[0]
-    defaults = common.cli.config_to_dict(LatentODEConfig())  # for fields older runs lack
-
-    def value(cfg, field):
-        return cfg.get(field, defaults.get(field))
-
-    row, sources = {}, {}
-    for d, cfg, metrics in runs:
-        for field in SHARED_FIELDS:
-            if value(cfg, field) != value(first_cfg, field):
+def check_same_data(cfgs: list[LatentODEConfig]):
+    for cfg in cfgs[1:]:
+        for field in DATA_FIELDS:
+            if getattr(cfg, field) != getattr(cfgs[0], field):
                 raise ValueError(
-                    f"runs {first_dir} and {d} (both n = {cfg['n_obs']}) differ in {field}: "
-                    f"{value(first_cfg, field)!r} vs {value(cfg, field)!r}; only runs with the "
-                    "same data and training budget can share a column"
+                    f"runs {cfgs[0].out} and {cfg.out} differ in {field}: "
+                    f"{getattr(cfgs[0], field)!r} vs {getattr(cfg, field)!r}"
                 )
-        trained = {_owner(k) for k in metrics["final_eval"]} - {None}
-        for key in [k for k in row if _owner(k) in trained]:  # a later run replaces the model
-            del row[key]
-        row.update({k: v for k, v in metrics["final_eval"].items() if _owner(k) in trained})
-        sources.update({name: str(d) for name in MODELS if name in trained})
-    return dict(n_obs=first_cfg["n_obs"], steps=runs[-1][2]["steps"], sources=sources, **row)
 
 
-def write_table(run_dirs, out) -> str:
-    """Collect finished runs into ``out``: metrics.json/csv, table.md, figures.
-
-    One column per n. Several runs may give the same n (e.g. the RNN baselines from one run
-    and a latent ODE from another); see :func:`merge_runs`. Figures come from the last run
-    given for each n, plus ``extrapolations_rnn_run_n*.png`` from the baselines' run.
-    """
-    import json
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    by_n: dict[int, list] = {}
+def val_summary(run_dirs) -> str:
+    """A markdown table of runs (no test data): model, n, seed, the fields that differ from
+    the defaults, the best validation extrapolation RMSE and its step."""
+    default = json.loads(json.dumps(common.cli.config_to_dict(LatentODEConfig())))
+    skip = {"out", "model", "n_obs", "seed", "progress", "fresh", "smoke"}
+    lines = ["| run | model | n | seed | changed from defaults | val extrap RMSE | at step |\n"]
+    lines.append("|---|---|---|---|---|---|---|\n")
     for d in map(Path, run_dirs):
-        metrics = json.loads((d / "metrics.json").read_text())
+        best = common.checkpoint.read_best(d / "best")
+        if best is None:  # not a finished run (or not a run folder)
+            continue
         cfg = json.loads((d / "config.json").read_text())
-        by_n.setdefault(cfg["n_obs"], []).append((d, cfg, metrics))
-    rows = []
-    for n, runs in by_n.items():
-        rows.append(merge_runs(runs))
-        last = runs[-1][0]
-        rnn_src = Path(rows[-1]["sources"].get("rnn", last))
-        if rnn_src != last:  # the baselines' own extrapolation figure (it draws the RNNs)
-            shutil.copy(rnn_src / "extrapolations.png", out / f"extrapolations_rnn_run_n{n}.png")
-        shutil.copy(last / "config.json", out / f"config_n{n}.json")
-        for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
-            shutil.copy(last / f"{fig}.png", out / f"{fig}_n{n}.png")
-    rows.sort(key=lambda r: r["n_obs"])
-    report.write_json(out / "metrics.json", rows)
-    flat = [{k: v for k, v in r.items() if k != "sources"} for r in rows]
-    report.write_csv(out / "metrics.csv", flat)
-    ns = [r["n_obs"] for r in rows]
-    head = "| Model | " + " | ".join(f"n = {n}" for n in ns) + " |\n"
-    head += "|---|" + "---|" * len(ns) + "\n"
-    lines = [head]
-    for name in MODELS:
-        if name in PAPER:
-            paper = " | ".join(f"{PAPER[name].get(n, float('nan')):.4f}" for n in ns)
-            lines.append(f"| {LABELS[name]} (paper) | {paper} |\n")
-        for kind in ("clean", "noisy"):
-            key = f"test_{name}_{kind}"
-            if all(key in r for r in rows):
-                vals = " | ".join(f"{r[key]:.4f}" for r in rows)
-                lines.append(f"| {LABELS[name]} (ours, vs {kind}) | {vals} |\n")
-    extra = {  # diagnostics of the latent ODE, against the noise-free path
-        "test_latent_ode_interp_clean": "inside the observed window (test)",
-        "beyond_latent_ode_clean": "targets past the covered trajectory (training seqs)",
-    }
-    for key, what in extra.items():
-        if all(key in r for r in rows):
-            vals = " | ".join(f"{r[key]:.4f}" for r in rows)
-            lines.append(f"| Latent ODE (ours): {what} | {vals} |\n")
-    if any(len(set(r["sources"].values())) > 1 for r in rows):
-        lines.append("\nScores merged from several runs (same data and training budget):\n")
-        for r in rows:
-            for name, src in r["sources"].items():
-                lines.append(f"- n = {r['n_obs']}: {LABELS[name]} from `{src}`\n")
-    table = "".join(lines)
-    (out / "table.md").write_text(table)
-    return table
+        diff = ", ".join(
+            f"{k}={v}" for k, v in sorted(cfg.items()) if k not in skip and default.get(k) != v
+        )
+        lines.append(
+            f"| {d.name} | {cfg['model']} | {cfg['n_obs']} | {cfg['seed']} | {diff or '-'} | "
+            f"{best['val_extrap']:.4f} | {best['step']} |\n"
+        )
+    return "".join(lines)
 
 
-def main(argv=None) -> dict | str:
+def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["table"]:
+        from experiments import latent_ode_report
+
         runs, out = common.cli.runs_and_out(argv[1:], "results/latent_ode")
-        table = write_table(runs, out)
+        table = latent_ode_report.write_results(runs, out)
         print(table)
         return table
+    if argv[:1] == ["val"]:
+        text = val_summary(argv[1:])
+        print(text)
+        return text
     return common.main(LatentODEConfig, SMOKE, build, finish, argv)
 
 

@@ -1,7 +1,10 @@
-"""Latent ODE pieces: spiral data and irregular sampling, ELBO terms, batched solves, --smoke."""
+"""Latent ODE experiment (Table 2): spiral splits, irregular sampling, ELBO terms, batched
+solves, the RNN baselines, scoring, the validation-only training runs and the `table` command."""
 
+import csv
 import dataclasses
 import json
+import shutil
 
 import equinox as eqx
 import jax
@@ -11,10 +14,9 @@ import pytest
 from jax.scipy.stats import norm
 
 import ode_jax
-from configs.latent_ode import LatentODEConfig
+from configs.latent_ode import SMOKE, LatentODEConfig
 from experiments import latent_ode
-from experiments.common.cli import config_to_dict
-from ode_jax.data import make_spirals, observation_mask, sample_observation_indices
+from ode_jax.data import observation_mask, sample_observation_indices
 from ode_jax.nn import (
     LatentODE,
     ODERNNEncoder,
@@ -27,60 +29,37 @@ from ode_jax.nn import (
 )
 
 TIGHT = dict(solver="dopri5", rtol=1e-10, atol=1e-10)
+CFG = LatentODEConfig(**(SMOKE | dict(num_train=400, num_val=60, num_test=50)))
 
 
-def test_spirals_shapes_directions_and_noise():
-    s = make_spirals(3, 400, n_grid=20, n_extrap=7, start_max=50, dt=0.1, b=0.3, noise_std=0.1)
-    assert s.ts.shape == (27,) and s.clean.shape == s.noisy.shape == (400, 27, 2)
-    assert s.clean.dtype == s.noisy.dtype == s.ts.dtype == np.float32
-    assert s.clockwise.sum() == 200 and s.n_grid == 20 and s.start.shape == (400,)
-    np.testing.assert_allclose(np.diff(s.ts), 0.1, rtol=1e-5)
-    # Archimedean at unit angular speed: the radius grows by b * dt per step.
-    r = np.linalg.norm(s.clean, axis=-1)
-    np.testing.assert_allclose(np.diff(r, axis=1), 0.03, atol=1e-5)
-    # Counter-clockwise spirals turn left (positive cross product), clockwise ones right.
-    v = np.diff(s.clean, axis=1)
-    cross = s.clean[:, :-1, 0] * v[..., 1] - s.clean[:, :-1, 1] * v[..., 0]
-    assert np.all(cross[~s.clockwise] > 0) and np.all(cross[s.clockwise] < 0)
-    assert abs(np.std(s.noisy - s.clean) - 0.1) < 0.005
-    again = make_spirals(3, 400, n_grid=20, n_extrap=7, start_max=50, dt=0.1, noise_std=0.1)
-    np.testing.assert_array_equal(again.noisy, s.noisy)  # deterministic in the seed
-    np.testing.assert_array_equal(s.take(slice(5)).start, s.start[:5])
-    np.testing.assert_array_equal(s.take(s.clockwise).clockwise, True)
-    with pytest.raises(ValueError, match="start_max"):
-        make_spirals(0, 4, start_max=-1)
-
-
-def test_sequences_are_stretches_of_two_long_trajectories():
-    """Every sequence is the long spiral of its direction from grid index ``start`` on: the
-    same curve for all, mirrored for clockwise, starts uniform over ``0 .. start_max``."""
-    kw = dict(n_grid=10, n_extrap=5, dt=0.1, a=0.2, b=0.3, theta_min=1.0, noise_std=0.0)
-    s = make_spirals(0, 600, start_max=40, **kw)
-    assert s.start.min() == 0 and s.start.max() == 40 and s.start.dtype.kind == "i"
-    assert len(np.unique(s.start)) == 41  # every start occurs
-    k = np.arange(41 + 15)
-    ccw = np.stack([(0.2 + 0.3 * (1 + 0.1 * k)) * f(1 + 0.1 * k) for f in (np.cos, np.sin)], -1)
-    for i in range(0, 600, 37):
-        path = ccw * ([1, -1] if s.clockwise[i] else [1, 1])
-        np.testing.assert_allclose(s.clean[i], path[s.start[i] : s.start[i] + 15], atol=1e-5)
-    np.testing.assert_array_equal(s.noisy, s.clean)  # noise_std=0
-
-
-def test_test_targets_lie_in_the_region_training_windows_cover():
-    """The experiment's split: every test extrapolation target is a grid point of the long
-    trajectory that some training window shows (400 windows of 20 from 21 starts: all points)."""
-    cfg = LatentODEConfig(**(latent_ode.SMOKE | dict(num_train=400, num_test=32)))
-    (train, _), (test, _) = latent_ode.datasets(cfg)
-    covered = {(bool(c), s + j) for c, s in zip(train.clockwise, train.start) for j in range(20)}
-    assert covered == {(c, k) for c in (False, True) for k in range(cfg.n_total)}
-    targets = {(bool(c), s + j) for c, s in zip(test.clockwise, test.start) for j in range(20, 30)}
-    assert targets <= covered
-    assert test.start.max() <= cfg.n_total - cfg.n_grid - cfg.n_extrap
-    # Without test_covered, test sequences are drawn like training ones and can leave it.
-    wide = dataclasses.replace(cfg, test_covered=False)
-    (_, _), (test_wide, _) = latent_ode.datasets(wide)
-    assert test_wide.start.max() > cfg.n_total - cfg.n_grid - cfg.n_extrap
-    assert train.start.max() == cfg.n_total - cfg.n_grid
+def test_splits_are_disjoint_spirals_from_their_own_start_points():
+    splits = {name: latent_ode.make_split(CFG, name) for name in ("train", "val", "test")}
+    T = CFG.n_grid + CFG.n_extrap
+    for name, s in splits.items():
+        num = getattr(CFG, f"num_{name}")
+        assert s.clean.shape == s.noisy.shape == (num, T, 2) and s.clean.dtype == np.float32
+        assert s.clockwise.sum() == num // 2 and s.idx.shape == (num, CFG.n_obs)
+        np.testing.assert_allclose(np.diff(s.ts), CFG.dt, rtol=1e-5)
+        # Around its direction's centre, each radius grows by b * dt per step from r0.
+        centre = np.where(s.clockwise, -CFG.spiral_offset, CFG.spiral_offset)
+        rel = s.clean - np.stack([centre, 0 * centre], -1)[:, None]
+        r = np.linalg.norm(rel, axis=-1)
+        np.testing.assert_allclose(np.diff(r, axis=1), CFG.spiral_b * CFG.dt, atol=1e-4)
+        assert CFG.r0_min <= r[:, 0].min() and r[:, 0].max() <= CFG.r0_max
+        v = np.diff(rel, axis=1)
+        cross = rel[:, :-1, 0] * v[..., 1] - rel[:, :-1, 1] * v[..., 0]
+        assert np.all(cross[~s.clockwise] > 0) and np.all(cross[s.clockwise] < 0)
+    assert abs(np.std(splits["train"].noisy - splits["train"].clean) - CFG.noise_std) < 0.005
+    # No spiral of one split is a spiral (or a stretch of one) of another: start points differ.
+    starts = {n: s.clean[:, 0] for n, s in splits.items()}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        d = np.linalg.norm(starts[a][:, None] - starts[b][None], axis=-1)
+        assert d.min() > 1e-4
+    again = latent_ode.make_split(dataclasses.replace(CFG, seed=5, model="rnn"), "test")
+    np.testing.assert_array_equal(again.noisy, splits["test"].noisy)  # data ignore the run seed
+    other_n = latent_ode.make_split(dataclasses.replace(CFG, n_obs=5), "test")
+    np.testing.assert_array_equal(other_n.clean, splits["test"].clean)
+    assert other_n.idx.shape == (CFG.num_test, 5)
 
 
 def test_irregular_sampling_without_replacement_and_masks():
@@ -178,86 +157,171 @@ def test_latent_ode_and_odernn_hold_their_settings():
         LatentODE(settings=dict(rtol=1e-3), key=jax.random.key(0))
 
 
-def test_rnn_baselines():
+def _rnn(gap, key=0):
+    return RNNBaseline(2, 7, use_gap=gap, use_mask=not gap, scale=2.0, key=jax.random.key(key))
+
+
+def test_rnn_free_running_reads_its_own_predictions():
+    x = jax.random.normal(jax.random.key(1), (6, 2))
+    m = jnp.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    gap = jnp.full(6, 0.1)
+    for use_gap in (False, True):
+        rnn = _rnn(use_gap)
+        pred = rnn.run(x, m, gap)
+        assert pred.shape == (6, 2)
+        free = jnp.arange(6) >= 3
+        rolled = rnn.run(x, m, gap, free)
+        np.testing.assert_allclose(rolled[:3], pred[:3])  # teacher-forced part unchanged
+        # Free from event 3 on: the same as feeding predictions in by hand, marked observed.
+        x_hand, m_hand = x, m
+        for i in range(3, 6):
+            p = rnn.run(x_hand, m_hand, gap)
+            x_hand, m_hand = x_hand.at[i].set(p[i - 1]), m_hand.at[i].set(1.0)
+        np.testing.assert_allclose(rolled, rnn.run(x_hand, m_hand, gap), rtol=1e-6, atol=1e-6)
+        # Extrapolation: read the window, then 4 more free-running predictions.
+        ex = rnn.extrapolate(x[:3], m[:3], gap[:3], jnp.full(3, 0.1))
+        np.testing.assert_allclose(ex, rolled[2:], rtol=1e-6, atol=1e-6)
+
+
+def test_rnn_gap_extrapolation_feeds_back_every_kth_prediction():
+    """commit_every=2: the fed-back predictions are those of a rollout with gaps of two
+    steps; the ones between are read off the last fed-back event without changing it."""
+    rnn = _rnn(True)
+    x = jax.random.normal(jax.random.key(1), (4, 2))
+    m, gap = jnp.ones(4), jnp.array([0.2, 0.1, 0.3, 0.05])
+    every2 = rnn.extrapolate(x, m, gap, jnp.full(5, 0.1), commit_every=2)
+    assert every2.shape == (6, 2)
+    gap_to_second = gap.at[-1].set(0.15)  # the first fed-back prediction is the second one
+    coarse = rnn.extrapolate(x, m, gap_to_second, jnp.full(2, 0.2))
+    np.testing.assert_allclose(every2[1::2], coarse, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        every2[0], rnn.extrapolate(x, m, gap, jnp.full(1, 0.1))[0], rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="use_gap"):
+        _rnn(False).extrapolate(x, m, gap, jnp.full(5, 0.1), commit_every=2)
+
+
+def test_rnn_inputs_mask_and_gap():
     x = jax.random.normal(jax.random.key(1), (5, 2))
-    t = jnp.array([0.0, 0.1, 0.4, 0.5, 0.9])
-    future = jnp.linspace(1.0, 2.0, 6)
-    for gap in (False, True):
-        rnn = RNNBaseline(2, 7, use_gap=gap, key=jax.random.key(0))
-        assert rnn.extrapolate(x, t, future).shape == (6, 2)
-        assert jnp.isfinite(rnn.log_likelihood(x, t))
-        later = rnn.extrapolate(x, t, future + 1.0)
-        assert bool(jnp.any(later != rnn.extrapolate(x, t, future))) == gap  # only it sees time
-    grads = eqx.filter_grad(lambda m: m.log_likelihood(x, t))(rnn)
-    assert jnp.all(jnp.isfinite(grads.log_std)) and jnp.any(grads.log_std != 0)
+    m = jnp.array([1.0, 0.0, 1.0, 0.0, 1.0])
+    gap = jnp.array([0.1, 0.3, 0.2, 0.1, 0.4])
+    grid_rnn, gap_rnn = _rnn(False), _rnn(True)
+    # Unobserved values are never read; the plain RNN ignores time, the gap RNN reads it.
+    x2 = x.at[1].set(99.0).at[3].set(-7.0)
+    np.testing.assert_array_equal(grid_rnn.run(x, m, gap), grid_rnn.run(x2, m, gap))
+    np.testing.assert_array_equal(grid_rnn.run(x, m, gap), grid_rnn.run(x, m, 2 * gap))
+    assert not np.allclose(gap_rnn.run(x, m, gap), gap_rnn.run(x, m, 2 * gap))
+    # Residual output: a zero readout predicts the last value read.
+    zero = eqx.tree_at(
+        lambda r: (r.readout.weight, r.readout.bias), grid_rnn, replace_fn=jnp.zeros_like
+    )
+    pred = zero.run(x, m, gap)
+    np.testing.assert_allclose(pred, x[jnp.array([0, 0, 2, 2, 4])])
+    grads = eqx.filter_grad(lambda r: jnp.sum(r.run(x, m, gap) ** 2))(gap_rnn)
+    assert jnp.all(jnp.isfinite(grads.readout.weight)) and jnp.any(grads.cell.weight_ih != 0)
 
 
-def test_latent_ode_smoke(tmp_path):
-    out = tmp_path / "run"
-    argv = ["--smoke", "--out", str(out), "--no-progress"]
-    metrics = latent_ode.main(argv)
-    files = {p.name for p in out.iterdir()}
-    assert {"metrics.json", "data.png", "extrapolations.png", "latent_trajectories.png"} <= files
-    final = json.loads((out / "metrics.json").read_text())["final_eval"]
-    for name in latent_ode.MODELS:
-        for kind in ("clean", "noisy"):
-            for split in ("test", "train", "beyond"):
-                assert np.isfinite(final[f"{split}_{name}_{kind}"])
-    assert metrics["steps"] == latent_ode.SMOKE["steps"] and metrics["nfe_fwd_per_step"] > 0
-    table = latent_ode.main(["table", str(out), "--out", str(tmp_path / "results")])
-    assert "Latent ODE (paper)" in table and "n = 8" in table
-    assert (tmp_path / "results" / "metrics.csv").exists()
-
-
-def test_table_merges_runs_with_the_same_data(tmp_path):
-    """Two runs at one n: the baselines from the first, the latent ODE from the second (which
-    replaces the first's); runs with other data are refused, naming the field."""
-    cfg = config_to_dict(LatentODEConfig(n_obs=30))
-
-    def fake_run(name, final, **changes):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "config.json").write_text(json.dumps({**cfg, **changes}))
-        (d / "metrics.json").write_text(json.dumps({"steps": 5, "final_eval": final}))
-        for fig in ("data", "extrapolations", "latent_trajectories", "training_curve"):
-            (d / f"{fig}.png").write_bytes(name.encode())
-        return str(d)
-
-    both = {"test_latent_ode_clean": 0.5, "test_rnn_clean": 0.3, "test_rnn_gap_clean": 0.2}
-    first = fake_run("first", both)
-    second = fake_run("second", {"test_latent_ode_clean": 0.1}, field_width=9, baselines=False)
-    out = tmp_path / "results"
-    table = latent_ode.main(["table", first, second, "--out", str(out)])
-    row = json.loads((out / "metrics.json").read_text())[0]
-    assert row["test_latent_ode_clean"] == 0.1 and row["test_rnn_clean"] == 0.3
-    assert row["test_rnn_gap_clean"] == 0.2
-    assert row["sources"] == {"latent_ode": second, "rnn": first, "rnn_gap": first}
-    assert f"Latent ODE from `{second}`" in table and f"RNN from `{first}`" in table
-    assert (out / "extrapolations_n30.png").read_bytes() == b"second"
-    assert (out / "extrapolations_rnn_run_n30.png").read_bytes() == b"first"
-    other = fake_run("other", {"test_latent_ode_clean": 0.1}, noise_std=0.3)
-    with pytest.raises(ValueError, match="noise_std"):
-        latent_ode.main(["table", first, other, "--out", str(out)])
-    decayed = fake_run("decayed", {"test_latent_ode_clean": 0.1}, weight_decay=1e-4)
-    with pytest.raises(ValueError, match="weight_decay"):
-        latent_ode.main(["table", first, decayed, "--out", str(out)])
+def test_rnn_events_grid_and_gaps():
+    data = latent_ode.make_split(CFG, "val")
+    x, t = data.observed()
+    xg, m, gap, times = latent_ode.rnn_events(dataclasses.replace(CFG, model="rnn"), x, t, data.idx)
+    assert xg.shape == (CFG.num_val, CFG.n_grid, 2) and np.all(np.sum(m, 1) == CFG.n_obs)
+    np.testing.assert_array_equal(np.take_along_axis(np.asarray(xg), data.idx[..., None], 1), x)
+    np.testing.assert_allclose(gap, CFG.dt, rtol=1e-6)
+    np.testing.assert_allclose(times[0], data.ts[: CFG.n_grid])
+    xo, m, gap, times = latent_ode.rnn_events(
+        dataclasses.replace(CFG, model="rnn_gap"), x, t, data.idx
+    )
+    np.testing.assert_array_equal(xo, x)
+    assert np.all(m == 1)
+    np.testing.assert_allclose(gap[:, :-1], np.diff(t, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(gap[:, -1], data.ts[CFG.n_grid] - t[:, -1], rtol=1e-6)
 
 
 def test_scores_compare_the_points_after_the_window(monkeypatch):
     """Extrapolation RMSE: predictions at the n_extrap grid points after the window against
-    the clean and the noisy path there (per coordinate), nothing from inside the window."""
-    cfg = LatentODEConfig(**latent_ode.SMOKE)
-    _, (test, idx) = latent_ode.datasets(cfg)
-    n, clean = cfg.n_grid, test.clean
-    window_wrong = clean.copy()
-    window_wrong[:, :n] += 5.0  # only the window is off: no effect on the extrapolation score
-    fake = {"latent_ode": window_wrong, "rnn": clean[:, n:], "rnn_gap": clean[:, n:] + 1.0}
+    the clean and the noisy path there; the window RMSE at the predicted window points."""
+    data = latent_ode.make_split(CFG, "val")
+    n, clean = CFG.n_grid, data.clean
+    S = clean.shape[0]
+    fake = dict(
+        extrap=clean[:, n:] + 1.0,
+        window=clean[:, :n] + 0.5,
+        window_idx=np.broadcast_to(np.arange(n), (S, n)),
+    )
     monkeypatch.setattr(latent_ode, "_predict_jit", lambda *args: fake)
-    s = latent_ode.scores(None, cfg, test, idx, "t_")
-    assert s["t_latent_ode_clean"] == s["t_rnn_clean"] == 0.0
-    np.testing.assert_allclose(s["t_rnn_gap_clean"], 1.0, rtol=1e-6)
-    noise = test.noisy[:, n:] - clean[:, n:]
-    np.testing.assert_allclose(s["t_rnn_noisy"], np.sqrt(np.mean(noise**2)), rtol=1e-5)
-    np.testing.assert_allclose(s["t_latent_ode_interp_clean"], 5.0, rtol=1e-6)
-    fake["rnn"] = clean[:, n - 1 : -1]  # one grid step early: scored as wrong
-    assert latent_ode.scores(None, cfg, test, idx, "t_")["t_rnn_clean"] > 0.01
+    s = latent_ode.scores(None, CFG, data, "v_")
+    np.testing.assert_allclose(s["v_extrap"], 1.0, rtol=1e-6)
+    np.testing.assert_allclose(s["v_interp"], 0.5, rtol=1e-6)
+    noise = data.noisy[:, n:] - clean[:, n:]
+    np.testing.assert_allclose(s["v_extrap_noisy"], np.sqrt(np.mean((1.0 - noise) ** 2)), rtol=1e-4)
+    fake["extrap"] = clean[:, n - 1 : -1]  # one grid step early: scored as wrong
+    fake["window"], fake["window_idx"] = clean[:, 3:5], np.broadcast_to([3, 4], (S, 2))
+    s = latent_ode.scores(None, CFG, data, "v_")
+    assert s["v_extrap"] > 0.01 and s["v_interp"] == 0.0
+
+
+@pytest.mark.parametrize("model", latent_ode.MODELS)
+def test_predictions_have_the_scored_shapes(model):
+    cfg = dataclasses.replace(CFG, model=model)
+    data = latent_ode.make_split(cfg, "val").take(slice(5))
+    x, t = data.observed()
+    net = latent_ode.init_model(cfg, jax.random.key(0))
+    pred = latent_ode.predict(net, cfg, x, t, data.idx)
+    assert pred["extrap"].shape == (5, cfg.n_extrap, 2)
+    assert pred["window"].shape[:2] == pred["window_idx"].shape
+    assert all(jnp.all(jnp.isfinite(v)) for v in pred.values())
+    assert ("z" in pred) == (model == "latent_ode")
+
+
+def _copy_run(src, dst, **changes):
+    """A copy of a finished run folder with config fields changed (a stand-in for a run)."""
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**cfg, **changes}))
+    return str(dst)
+
+
+def test_smoke_runs_select_on_validation_and_table_reads_test_once(tmp_path, monkeypatch):
+    """Training and its evaluations never build the test split; `table` scores each run's
+    checkpoint kept on validation on it, one metrics.csv row per (model, n, seed)."""
+    real_split = latent_ode.make_split
+
+    def guarded(cfg, split):
+        if split == "test":
+            raise AssertionError("the test split was read during training")
+        return real_split(cfg, split)
+
+    monkeypatch.setattr(latent_ode, "make_split", guarded)
+    runs = []
+    for model in ("latent_ode", "rnn_gap"):
+        out = tmp_path / f"{model}_s0"
+        argv = ["--smoke", "--model", model, "--out", str(out), "--no-progress"]
+        metrics = latent_ode.main(argv)
+        assert metrics["best"]["step"] in (2, 4) and (out / "best" / "model.eqx").exists()
+        header = (out / "evals.csv").read_text().splitlines()[0]
+        assert "val_extrap" in header and "train_extrap" in header and "test" not in header
+        runs.append(str(out))
+    runs.append(_copy_run(tmp_path / "latent_ode_s0", tmp_path / "latent_ode_s1", seed=1))
+    summary = latent_ode.main(["val", *runs])
+    assert "| latent_ode_s1 | latent_ode | 8 | 1 |" in summary
+    monkeypatch.setattr(latent_ode, "make_split", real_split)
+    table = latent_ode.main(["table", *runs, "--out", str(tmp_path / "res")])
+    assert "n = 8" in table and " ± " in table and "(2 seeds)" in table
+    with open(tmp_path / "res" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["model"], r["seed"]) for r in rows] == [
+        ("latent_ode", "0"),
+        ("latent_ode", "1"),
+        ("rnn_gap", "0"),
+    ]
+    for r in rows:
+        for key in ("extrap_rmse_val", "extrap_rmse_test", "interp_rmse_test"):
+            assert np.isfinite(float(r[key]))
+        best = json.loads((tmp_path / f"{r['model']}_s0" / "best" / "best.json").read_text())
+        np.testing.assert_allclose(float(r["extrap_rmse_val"]), best["val_extrap"], rtol=1e-5)
+    for fig in ("figure6_n8.png", "training_curves_n8.png"):
+        assert (tmp_path / "res" / fig).stat().st_size > 0
+    other = _copy_run(tmp_path / "rnn_gap_s0", tmp_path / "other", noise_std=0.3)
+    with pytest.raises(ValueError, match="noise_std"):
+        latent_ode.main(["table", runs[0], other, "--out", str(tmp_path / "res2")])

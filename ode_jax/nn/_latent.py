@@ -277,51 +277,126 @@ def latent_ode_elbo(
 
 
 class RNNBaseline(eqx.Module):
-    """An autoregressive RNN with a Gaussian likelihood: after reading ``x_i`` (and, with
-    ``use_gap``, the gap ``t_{i+1} - t_i`` to the time it predicts) it outputs the mean of
-    ``x_{i+1}``; one learned log standard deviation per dimension.
+    """An autoregressive RNN forecaster (the baselines of Table 2).
+
+    It reads a sequence of *events* ``i = 0 .. N-1``: a value ``x_i`` (observed where
+    ``m_i = 1``) and the time ``gap_i`` from event ``i`` to event ``i + 1``. After reading event
+    ``i`` it predicts the value at event ``i + 1`` as the last value it read plus a learned
+    increment (a residual output). Its inputs are ``x_i * m_i / scale``, then ``m_i``
+    (``use_mask``) and ``gap_i / gap_scale`` (``use_gap``). Without gaps the increment is
+    ``scale * readout(h_i)``; with gaps it is ``(gap_i / gap_scale) * scale * readout(h_i)``,
+    a rate times the time step, so one model serves the irregular gaps of training and the
+    grid steps of extrapolation.
+
+    Two uses: the plain RNN (``use_mask``) steps along the regular time grid and is told which
+    grid points are observed, so time is implicit in the step count; the RNN with time gaps
+    (``use_gap``) steps from observation to observation and reads the gap to the next one.
+    Extrapolation (:meth:`extrapolate`) feeds each prediction back as the next input; so does
+    training from the events where ``free`` is set (a free-running rollout), which trains
+    the model on the inputs it sees when it extrapolates.
     """
 
     cell: eqx.Module
     readout: eqx.nn.Linear
-    log_std: jax.Array
     use_gap: bool = eqx.field(static=True)
+    use_mask: bool = eqx.field(static=True)
+    scale: float = eqx.field(static=True)
+    gap_scale: float = eqx.field(static=True)
 
-    def __init__(self, obs_size=2, hidden_size=25, *, use_gap=False, cell="gru", key):
+    def __init__(
+        self,
+        obs_size=2,
+        hidden_size=25,
+        *,
+        use_gap=False,
+        use_mask=False,
+        scale=1.0,
+        gap_scale=1.0,
+        cell: Literal["gru", "tanh"] = "gru",
+        key,
+    ):
         k1, k2 = jax.random.split(key)
-        self.cell = make_cell(cell, obs_size + int(use_gap), hidden_size, k1)
+        inputs = obs_size + int(use_gap) + int(use_mask)
+        self.cell = make_cell(cell, inputs, hidden_size, k1)
         self.readout = eqx.nn.Linear(hidden_size, obs_size, key=k2)
-        self.log_std = jnp.zeros(obs_size)
-        self.use_gap = use_gap
+        self.use_gap, self.use_mask = use_gap, use_mask
+        self.scale, self.gap_scale = float(scale), float(gap_scale)
 
-    def _step(self, h, x, gap):
-        inp = jnp.concatenate([x, gap.astype(x.dtype)[None]]) if self.use_gap else x
-        h = self.cell(inp, h)
-        return h, self.readout(h)
+    def _read(self, h, x, m, gap, last):
+        """Read one event ``(x, m, gap)``: the new state and the prediction ``gap`` later."""
+        dtype = x.dtype
+        gap = gap.astype(dtype) / self.gap_scale
+        feats = [x * m / self.scale]
+        feats += [m[None]] if self.use_mask else []
+        feats += [gap[None]] if self.use_gap else []
+        h = self.cell(jnp.concatenate(feats), h)
+        step = gap * self.scale if self.use_gap else self.scale
+        return h, last + step * self.readout(h)
 
-    def run(self, x_ND, t_N, t_next):
-        """Teacher-forced: ``(h, pred_ND)`` where ``pred[i]`` predicts the value at
-        ``t_{i+1}`` (``t_N`` followed by ``t_next``)."""
-        gaps = jnp.diff(t_N, append=jnp.asarray(t_next, t_N.dtype)[None])
-        h0 = jnp.zeros(self.readout.in_features, x_ND.dtype)
-        return jax.lax.scan(lambda h, xg: self._step(h, *xg), h0, (x_ND, gaps))
+    def _scan(self, x_ND, m_N, gap_N, free_N):
+        """``(pred_ND, h_NH)``: predictions and the state after each event."""
+        dtype = x_ND.dtype
 
-    def log_likelihood(self, x_ND, t_N):
-        """Sum over ``i >= 1`` of ``log p(x_i | x_<i)``."""
-        _, pred = self.run(x_ND, t_N, t_N[-1])
-        logvar = 2 * self.log_std
-        return jnp.sum(gaussian_log_density(x_ND[1:], pred[:-1], logvar))
+        def step(carry, event):
+            h, last, prev = carry
+            x, m, gap, free = event
+            x = jnp.where(free, prev, x)
+            m = jnp.where(free, jnp.ones((), dtype), m.astype(dtype))
+            last = jnp.where(m > 0, x, last)
+            h, pred = self._read(h, x, m, gap, last)
+            return (h, last, pred), (pred, h)
 
-    def extrapolate(self, x_ND, t_N, ts_M):
-        """Read the observations, then predict at ``ts_M`` (after ``t_N``) feeding each
-        prediction back as the next input: ``(M, D)``."""
-        h, pred = self.run(x_ND, t_N, ts_M[0])
-        gaps = jnp.diff(ts_M)
+        h0 = jnp.zeros(self.readout.in_features, dtype)
+        zero = jnp.zeros(x_ND.shape[-1], dtype)
+        _, out = jax.lax.scan(step, (h0, zero, zero), (x_ND, m_N, gap_N, free_N))
+        return out
 
-        def step(carry, gap):
-            h, x = carry
-            h, x = self._step(h, x, gap)
-            return (h, x), x
+    def run(self, x_ND, m_N, gap_N, free_N=None):
+        """Predictions ``pred_ND``: ``pred[i]`` is the value at event ``i + 1``. Where
+        ``free_N`` (bool) is set, event ``i`` reads ``pred[i - 1]`` (as observed) instead of
+        ``x[i]``; ``free_N[0]`` must be False."""
+        free_N = jnp.zeros(m_N.shape, bool) if free_N is None else free_N
+        return self._scan(x_ND, m_N, gap_N, free_N)[0]
 
-        _, rest = jax.lax.scan(step, (h, pred[-1]), gaps)
-        return jnp.concatenate([pred[-1:], rest], axis=0)
+    def extrapolate(self, x_ND, m_N, gap_N, future_gaps_M, commit_every: int = 1):
+        """Read the ``N`` events, then predict ``M + 1`` more, feeding predictions back:
+        ``(M + 1, D)``. ``gap_N[-1]`` is the time from the last event to the first
+        prediction, ``future_gaps_M`` the gaps between the predictions.
+
+        ``commit_every = k > 1`` (``use_gap`` only): only every k-th prediction is fed back
+        as an event; the ones between are read off the last fed-back event with the gap to
+        their time (without changing the state). So the model steps through the future with
+        gaps like those it was trained on (its training events are observations, k grid steps
+        apart on average) instead of one grid step at a time.
+        """
+        M, N = future_gaps_M.shape[0], x_ND.shape[0]
+        if commit_every == 1:
+            x = jnp.concatenate([x_ND, jnp.zeros((M, x_ND.shape[-1]), x_ND.dtype)])
+            m = jnp.concatenate([m_N, jnp.ones(M, m_N.dtype)])
+            gap = jnp.concatenate([gap_N, future_gaps_M.astype(gap_N.dtype)])
+            free = jnp.arange(x.shape[0]) >= N
+            return self.run(x, m, gap, free)[N - 1 :]
+        if not self.use_gap:
+            raise ValueError("commit_every > 1 needs use_gap=True (the gap says when)")
+        # The state before the last event; the last event is then the first one committed.
+        _, h_N = self._scan(x_ND, m_N, gap_N, jnp.zeros(N, bool))
+        h_before = h_N[-2] if N > 1 else jnp.zeros(self.readout.in_features, x_ND.dtype)
+        zero = jnp.zeros((1,), gap_N.dtype)
+        offsets = gap_N[-1] + jnp.concatenate([zero, jnp.cumsum(future_gaps_M.astype(gap_N.dtype))])
+        one = jnp.ones((), x_ND.dtype)
+
+        def step(carry, j_off):
+            h, x_c, t_c = carry
+            j, off = j_off
+            h_q, pred = self._read(h, x_c, one, off - t_c, x_c)
+            commit = (j + 1) % commit_every == 0
+            carry = (
+                jnp.where(commit, h_q, h),
+                jnp.where(commit, pred, x_c),
+                jnp.where(commit, off, t_c),
+            )
+            return carry, pred
+
+        init = (h_before, x_ND[-1], jnp.zeros((), gap_N.dtype))
+        _, preds = jax.lax.scan(step, init, (jnp.arange(M + 1), offsets))
+        return preds
