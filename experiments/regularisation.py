@@ -22,9 +22,9 @@ from experiments.common import report
 # The short protocols (applied to every arm of a task alike) and the arms: (reg, weight, extra).
 PROTOCOLS = {
     "odenet": [
-        "--width", "16", "--batch-size", "32", "--steps", "300", "--optimizer", "adam",
-        "--lr", "2e-3", "--lr-schedule", "cosine", "--val-size", "1000", "--eval-every", "300",
-        "--checkpoint-every", "100", "--log-every", "10", "--no-measure-step",
+        "--width", "16", "--batch-size", "64", "--steps", "250", "--lr-schedule", "cosine",
+        "--val-size", "1000", "--eval-every", "250", "--checkpoint-every", "50",
+        "--log-every", "10", "--no-measure-step",
     ],
     "cnf": [
         "--task", "mle", "--data", "8gaussians", "--model", "cnf_planar", "--width", "64",
