@@ -104,6 +104,10 @@ def launch(
     return status if status >= 0 else 128 - status  # killed by signal k: 128 + k
 
 
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def _report(message: str):
     print(f"[launch] {message}", file=sys.stderr, flush=True)
 
@@ -127,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give the command to run after --")
     if args.num_processes < 1:
         parser.error("--num-processes must be >= 1")
+    signal.signal(signal.SIGTERM, _terminated)  # a terminated launcher stops its processes too
     return launch(
         command,
         args.num_processes,

@@ -14,6 +14,7 @@ A run is multi-process when it is given a coordinator address, by the config fie
 
 from __future__ import annotations
 
+import json
 import os
 
 import jax
@@ -72,11 +73,15 @@ def broadcast(tree):
     return multihost_utils.broadcast_one_to_all(tree)
 
 
-def broadcast_int(value: int) -> int:
-    """Process 0's ``value``."""
+def broadcast_json(value):
+    """Process 0's ``value`` (anything JSON can hold; the others may pass anything)."""
     if jax.process_count() == 1:
         return value
-    return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+    data = json.dumps(value).encode() if is_writer() else b""
+    size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+    buffer = np.zeros(size, np.uint8)
+    buffer[: len(data)] = np.frombuffer(data, np.uint8)
+    return json.loads(np.asarray(multihost_utils.broadcast_one_to_all(buffer)).tobytes())
 
 
 def to_local(tree):

@@ -214,8 +214,9 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
         pending = meta["pending"]  # metrics of steps since the last log row
     elif writer:
         checkpoint.clear_best(best_dir)  # an earlier run's: never to be scored as this one's
-    if jax.process_count() > 1:  # the other processes take process 0's step and state
-        start = distributed.broadcast_int(start)
+    if jax.process_count() > 1:  # the other processes take process 0's records and state
+        records = (start, history, evals, timing, pending)
+        start, history, evals, timing, pending = distributed.broadcast_json(records)
         if start:
             model, opt_state = _broadcast_arrays((model, opt_state))
     model, opt_state = parallel.replicate((model, opt_state), mesh)
