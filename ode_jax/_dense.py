@@ -24,7 +24,9 @@ def step_index(bufs, count, s):
     """The accepted step whose interval holds time s (steps are stored in order)."""
     t = bufs["t"]
     idx = jnp.arange(t.shape[0], dtype=jnp.int32)
-    n = jnp.sum((t <= s) & (idx < count), dtype=jnp.int32) - 1
+    # A binary search (O(log max_steps) per time), the unused slots pushed past every time.
+    t = jnp.where(idx < count, t, jnp.asarray(jnp.inf, t.dtype))
+    n = jnp.searchsorted(t, s, side="right", method="scan").astype(jnp.int32) - 1
     return jnp.clip(n, 0, jnp.maximum(count - 1, 0))
 
 
