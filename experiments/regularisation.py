@@ -69,6 +69,11 @@ ARMS = {
         ("none", 0.0, ["--adjoint", "discrete"]),
     ],
 }
+YLABELS = {
+    "odenet": "test error (%)",
+    "cnf": "test NLL (nats)",
+    "spiral": "MAE over t in [0, 25] (state units)",
+}
 METRIC = {"odenet": "test_error", "cnf": "test_nll", "spiral": "mae"}
 LABELS = {
     "odenet": "ODE-Net, Fashion-MNIST (test error, %)",
@@ -97,12 +102,16 @@ def run(argv) -> list:
     parser.add_argument("--tasks", default="odenet,cnf,spiral")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="each experiment's --smoke sizes")
+    parser.add_argument("--runs", default="", help="comma-separated subset of the run names")
     args = parser.parse_args(argv)
+    chosen = set(args.runs.split(",")) if args.runs else None
     done = []
     for task in args.tasks.split(","):
         if task not in ARMS:
             raise SystemExit(f"error: unknown task {task!r}; tasks: {list(ARMS)}")
         for reg, weight, extra in ARMS[task]:
+            if chosen is not None and run_name(reg, weight, extra) not in chosen:
+                continue
             out = Path(args.root) / task / f"{run_name(reg, weight, extra)}_s{args.seed}"
             if (out / "metrics.json").exists():
                 print(f"skip {out} (metrics.json exists)", flush=True)
@@ -157,10 +166,17 @@ def _last(run: Path, key: str) -> float:
     return float(sum(r[key] for r in tail) / len(tail))
 
 
+REGS = ("none", "kinetic", "jacobian", "taynode", "steer", "error")
+
+
+def _order(row: dict) -> tuple:
+    return (row["adjoint"] != "continuous", REGS.index(row["reg"]), row["weight"], row["seed"])
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     for task in ARMS:
-        sub = [r for r in rows if r["task"] == task]
+        sub = sorted((r for r in rows if r["task"] == task), key=_order)
         if not sub:
             continue
         base = {r["adjoint"]: r for r in sub if r["reg"] == "none"}
@@ -188,8 +204,9 @@ def markdown(rows: list[dict]) -> str:
 def plot(path, rows: list[dict]):
     """Metric against test-time forward NFE, one point per run, one panel per task."""
     tasks = [t for t in ARMS if any(r["task"] == t for r in rows)]
-    fig, axes = report.plt.subplots(1, len(tasks), figsize=(4.6 * len(tasks), 4.2), squeeze=False)
-    regs = ("none", "kinetic", "jacobian", "taynode", "error", "steer")
+    width = 4.6 * len(tasks) + 1.6
+    fig, axes = report.plt.subplots(1, len(tasks), figsize=(width, 4.2), squeeze=False)
+    regs = REGS
     markers = dict(continuous="o", discrete="s")
     for ax, task in zip(axes[0], tasks):
         scale = 100.0 if task == "odenet" else 1.0
@@ -200,7 +217,7 @@ def plot(path, rows: list[dict]):
             )
             tag = "" if r["reg"] in ("none", "steer") else f"{r['weight']:g}"
             ax.annotate(tag, (r["nfe_fwd_test"], scale * r["metric"]), fontsize=7)
-        ax.set(xlabel="forward NFE per test solve", ylabel=LABELS[task].split("(")[1][:-1])
+        ax.set(xlabel="forward NFE per test solve (evaluations of f)", ylabel=YLABELS[task])
         ax.set_title(LABELS[task].split(" (")[0], fontsize=10)
     handles = [
         report.plt.Line2D([], [], color=f"C{i}", marker="o", ls="", label=g)
@@ -209,9 +226,10 @@ def plot(path, rows: list[dict]):
         report.plt.Line2D([], [], color="gray", marker=m, ls="", label=f"{a} adjoint")
         for a, m in markers.items()
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=8, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    report.save_figure(fig, path)
+    fig.tight_layout(rect=(0, 0, 1 - 1.5 / width, 1))
+    fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+    fig.savefig(path, dpi=110)  # not report.save_figure: its tight_layout would cover the legend
+    report.plt.close(fig)
 
 
 def write_table(root, out) -> str:
