@@ -22,6 +22,7 @@ import warnings
 
 import numpy as np
 
+from . import train_step
 from .measure import (
     jax_runner,
     jax_unit_costs,
@@ -39,7 +40,11 @@ TARGETS = {"fwd": 1.0, "grad": 0.8, "compile_grad": 1.0, "vs_torch_grad": 1.5, "
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cases", default="mlp,odenet,spiral", help="comma list of " + str(PROBLEMS))
+    p.add_argument(
+        "--cases",
+        default="mlp,odenet,spiral,train",
+        help="comma list of " + str([*PROBLEMS, "train"]) + " (train: benchmarks/train_step.py)",
+    )
     p.add_argument(
         "--methods",
         default="all",
@@ -257,8 +262,8 @@ def main(argv=None):
     load_start = os.getloadavg()
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     for c in cases:
-        if c not in PROBLEMS:
-            sys.exit(f"unknown case {c!r}; choose from {sorted(PROBLEMS)}")
+        if c not in PROBLEMS and c != "train":
+            sys.exit(f"unknown case {c!r}; choose from {[*sorted(PROBLEMS), 'train']}")
     methods = [*JAX_METHODS, *TORCH_METHODS] if args.methods == "all" else args.methods.split(",")
     for m in methods:
         if m not in JAX_METHODS and m not in TORCH_METHODS:
@@ -271,6 +276,19 @@ def main(argv=None):
 
     sections, checks = [], []
     for case in cases:
+        if case == "train":  # (d): one ODE-Net training step, its own module
+            text, lines, _ = train_step.run_section(
+                quick=args.quick,
+                methods=methods,
+                repeats=args.repeats,
+                budget_s=args.budget,
+                count_nfe=not args.no_nfe,
+                log=log,
+            )
+            print(text, flush=True)
+            sections.append(text)
+            checks += lines
+            continue
         problem = PROBLEMS[case](quick=args.quick)
         log(f"{problem.title}")
         t0 = time.perf_counter()
