@@ -35,8 +35,10 @@ PROTOCOLS = {
 ARMS = {
     "odenet": [
         ("none", 0.0, []),
+        ("kinetic", 0.01, []),
         ("kinetic", 0.1, []),
         ("jacobian", 0.03, []),
+        ("taynode", 0.003, []),
         ("taynode", 0.03, []),
         ("steer", 0.0, []),
         ("error", 100.0, ["--model", "rknet"]),
