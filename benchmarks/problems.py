@@ -9,6 +9,9 @@ torch modules are built from the JAX arrays), so every library integrates the sa
   GroupNorm(32, 64), 3x3 ConcatConv2d) on a (128, 6, 6, 64) channels-last state, t in [0, 1],
   rtol = atol = 1e-3; loss = mean(y(1)**2). Gradients w.r.t. all ODEfunc parameters (the conv
   weights and biases and the norms' affine parameters, as torch's parameters()).
+* ``mlp_eqx``: (a) written as users write it, an ``eqx.nn.MLP`` vmapped over the batch.
+* ``odenet_plain``: (b) with GroupNorm without affine parameters and convolutions without
+  biases, loss sum(y(1)**2) / batch (a larger adjoint: the backward error control matters).
 * ``spiral``: y' = (y**3) @ A, A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0], 1000 output times on
   [0, 25], rtol 1e-6, atol 1e-8; loss = mean(ys**2) over all outputs; gradient w.r.t. A.
 """
@@ -120,20 +123,73 @@ def make_mlp(quick: bool = False) -> Problem:
     )
 
 
+def make_mlp_eqx(quick: bool = False) -> Problem:
+    """(a2): (a) written as users write it: an ``eqx.nn.MLP`` for one state, ``jax.vmap``-ed
+    over the batch, its arrays as the parameters (``eqx.partition``)."""
+    batch, dim, hidden = (32, 8, 16) if quick else (256, 32, 64)
+    km, ky = jax.random.split(jax.random.key(2))
+    mlp = eqx.nn.MLP(dim, dim, hidden, 2, activation=jnp.tanh, key=km, dtype=F32)
+    params, static = eqx.partition(mlp, eqx.is_array)
+    y0 = jax.random.normal(ky, (batch, dim), F32)
+    ts = np.array([0.0, 10.0], np.float32)
+
+    def vf(t, y, p):
+        return jax.vmap(eqx.combine(p, static))(y)
+
+    def make_torch():
+        torch = _torch()
+        layers = []
+        for i, lin in enumerate(mlp.layers):
+            layer = torch.nn.Linear(lin.in_features, lin.out_features)
+            with torch.no_grad():
+                layer.weight.copy_(_t(lin.weight))
+                layer.bias.copy_(_t(lin.bias))
+            layers.append(layer)
+            if i < len(mlp.layers) - 1:
+                layers.append(torch.nn.Tanh())
+
+        class Field(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = torch.nn.Sequential(*layers)
+                self.nfe = 0
+
+            def forward(self, t, y):
+                self.nfe += 1
+                return self.net(y)
+
+        return Field(), _t(y0), _t(ts), lambda ys: torch.mean(ys[-1] ** 2)
+
+    return Problem(
+        name="mlp_eqx",
+        title=f"(a2) (a) as users write it: eqx.nn.MLP (2x tanh {hidden}) vmapped over batch "
+        f"{batch}, state {dim}, t in [0, 10], dopri5, rtol 1e-6, atol 1e-8",
+        vf=vf,
+        params=params,
+        y0=y0,
+        ts=ts,
+        loss=lambda ys: jnp.mean(ys[-1] ** 2),
+        rtol=1e-6,
+        atol=1e-8,
+        make_torch=make_torch,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) ODE-Net block.
 
 
 class GroupNormNHWC(eqx.Module):
-    """GroupNorm over a channels-last (N, H, W, C) batch, as torch.nn.GroupNorm (eps 1e-5)."""
+    """GroupNorm over a channels-last (N, H, W, C) batch, as torch.nn.GroupNorm (eps 1e-5);
+    ``affine=False``: no learned scale and shift."""
 
-    scale: jax.Array
-    bias: jax.Array
+    scale: jax.Array | None
+    bias: jax.Array | None
     groups: int = eqx.field(static=True)
 
-    def __init__(self, groups, channels):
-        self.scale = jnp.ones((channels,), F32)
-        self.bias = jnp.zeros((channels,), F32)
+    def __init__(self, groups, channels, affine=True):
+        self.scale = jnp.ones((channels,), F32) if affine else None
+        self.bias = jnp.zeros((channels,), F32) if affine else None
         self.groups = groups
 
     def __call__(self, x):
@@ -142,6 +198,8 @@ class GroupNormNHWC(eqx.Module):
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
         xg = (xg - mean) * jax.lax.rsqrt(var + 1e-5)
+        if self.scale is None:
+            return xg.reshape(n, h, w, c)
         return xg.reshape(n, h, w, c) * self.scale + self.bias
 
 
@@ -154,14 +212,15 @@ class ODEFunc(eqx.Module):
     conv2: ConcatConv2d
     norm3: GroupNormNHWC
 
-    def __init__(self, dim, *, key, impl="matmul"):
+    def __init__(self, dim, *, key, impl="matmul", affine=True, bias=True):
         k1, k2 = jax.random.split(key)
         groups = min(32, dim)
-        self.norm1 = GroupNormNHWC(groups, dim)
-        self.conv1 = ConcatConv2d(dim, dim, 3, 1, 1, key=k1, impl=impl, dtype=F32)
-        self.norm2 = GroupNormNHWC(groups, dim)
-        self.conv2 = ConcatConv2d(dim, dim, 3, 1, 1, key=k2, impl=impl, dtype=F32)
-        self.norm3 = GroupNormNHWC(groups, dim)
+        conv = dict(impl=impl, dtype=F32, use_bias=bias)
+        self.norm1 = GroupNormNHWC(groups, dim, affine)
+        self.conv1 = ConcatConv2d(dim, dim, 3, 1, 1, key=k1, **conv)
+        self.norm2 = GroupNormNHWC(groups, dim, affine)
+        self.conv2 = ConcatConv2d(dim, dim, 3, 1, 1, key=k2, **conv)
+        self.norm3 = GroupNormNHWC(groups, dim, affine)
 
     def __call__(self, t, x):
         out = self.conv1(t, jax.nn.relu(self.norm1(x)))
@@ -173,10 +232,13 @@ def odenet_vf(t, y, func):
     return func(t, y)
 
 
-def make_odenet(quick: bool = False) -> Problem:
+def make_odenet(quick: bool = False, plain: bool = False) -> Problem:
+    """(b); ``plain``: the block as users often write it (GroupNorm without affine parameters,
+    convolutions without biases) under a batch mean of per-sample squared norms, whose adjoint
+    (a_y = 2 y / batch) is large enough for the backward error control to matter."""
     batch, size, dim = (8, 6, 16) if quick else (128, 6, 64)
     kf, ky = jax.random.split(jax.random.key(1))
-    func = ODEFunc(dim, key=kf)
+    func = ODEFunc(dim, key=kf, affine=not plain, bias=not plain)
     y0 = jax.random.normal(ky, (batch, size, size, dim), F32)
     ts = np.array([0.0, 1.0], np.float32)
 
@@ -187,10 +249,11 @@ def make_odenet(quick: bool = False) -> Problem:
         class TorchConcatConv2d(nn.Module):
             def __init__(self, conv: ConcatConv2d):
                 super().__init__()
-                self._layer = nn.Conv2d(dim + 1, dim, 3, 1, 1)
+                self._layer = nn.Conv2d(dim + 1, dim, 3, 1, 1, bias=not plain)
                 with torch.no_grad():
                     self._layer.weight.copy_(_t(conv.weight).permute(3, 2, 0, 1))
-                    self._layer.bias.copy_(_t(conv.bias))
+                    if not plain:
+                        self._layer.bias.copy_(_t(conv.bias))
 
             def forward(self, t, x):
                 tt = torch.ones_like(x[:, :1, :, :]) * t
@@ -200,12 +263,12 @@ def make_odenet(quick: bool = False) -> Problem:
             def __init__(self):
                 super().__init__()
                 groups = min(32, dim)
-                self.norm1 = nn.GroupNorm(groups, dim)
+                self.norm1 = nn.GroupNorm(groups, dim, affine=not plain)
                 self.relu = nn.ReLU(inplace=True)
                 self.conv1 = TorchConcatConv2d(func.conv1)
-                self.norm2 = nn.GroupNorm(groups, dim)
+                self.norm2 = nn.GroupNorm(groups, dim, affine=not plain)
                 self.conv2 = TorchConcatConv2d(func.conv2)
-                self.norm3 = nn.GroupNorm(groups, dim)
+                self.norm3 = nn.GroupNorm(groups, dim, affine=not plain)
                 self.nfe = 0
 
             def forward(self, t, x):
@@ -217,17 +280,30 @@ def make_odenet(quick: bool = False) -> Problem:
                 return self.norm3(out)
 
         y0_t = _t(y0).permute(0, 3, 1, 2).contiguous()  # torch's ODE-Net is NCHW
+        if plain:
+            return TorchODEfunc(), y0_t, _t(ts), lambda ys: torch.sum(ys[-1] ** 2) / batch
         return TorchODEfunc(), y0_t, _t(ts), lambda ys: torch.mean(ys[-1] ** 2)
 
+    if plain:
+        title = (
+            f"(b2) ODE-Net block as users write it: (b) with GroupNorm without affine "
+            f"parameters, convolutions without biases, loss sum(y(1)**2) / {batch}"
+        )
+    else:
+        title = (
+            f"(b) ODE-Net block: batch {batch}, {size}x{size}x{dim} NHWC, 2x ConcatConv2d 3x3 + "
+            "GroupNorm, t in [0, 1], dopri5, rtol = atol = 1e-3"
+        )
     return Problem(
-        name="odenet",
-        title=f"(b) ODE-Net block: batch {batch}, {size}x{size}x{dim} NHWC, 2x ConcatConv2d 3x3 + "
-        "GroupNorm, t in [0, 1], dopri5, rtol = atol = 1e-3",
+        name="odenet_plain" if plain else "odenet",
+        title=title,
         vf=odenet_vf,
         params=func,
         y0=y0,
         ts=ts,
-        loss=lambda ys: jnp.mean(ys[-1] ** 2),
+        loss=(lambda ys: jnp.sum(ys[-1] ** 2) / batch)
+        if plain
+        else (lambda ys: jnp.mean(ys[-1] ** 2)),
         rtol=1e-3,
         atol=1e-3,
         make_torch=make_torch,
@@ -278,4 +354,10 @@ def make_spiral(quick: bool = False) -> Problem:
     )
 
 
-PROBLEMS = {"mlp": make_mlp, "odenet": make_odenet, "spiral": make_spiral}
+PROBLEMS = {
+    "mlp": make_mlp,
+    "mlp_eqx": make_mlp_eqx,
+    "odenet": make_odenet,
+    "odenet_plain": lambda quick=False: make_odenet(quick, plain=True),
+    "spiral": make_spiral,
+}

@@ -38,7 +38,7 @@ from ._adjoint import (
     tree_take,
     tree_zeros_like,
 )
-from ._control import initial_step, propagates_nonfinite, rms_norm
+from ._control import propagates_nonfinite, rms_norm
 from ._dense import interpolate_recorded
 from ._loop import Tolerances
 from ._solution import raise_if_failed
@@ -233,38 +233,12 @@ class ContinuousAdjoint(AbstractAdjoint):
             recon = jnp.maximum(recon, jax.lax.stop_gradient(err))
             return (a_y, a_d, stats, result, _usable_dt(dt_next, ts, i), recon), g_t
 
-        stats0 = jnp.zeros_like(probe)
-        dt_first = jnp.zeros((), ts.dtype)
-        if n > 1:
-            dt_first = _usable_dt(dt_forward, ts, n - 1)
-            if solver.adaptive:
-                # The forward solve's step size suits y, not the adjoint: the augmented system
-                # is usually harder (the parameter adjoint integrates a_y df/dp from zero), and
-                # a first backward step sized for y is rejected several times over. Hairer's
-                # starting-step estimate on the augmented system at t_end costs two evaluations
-                # for the whole backward pass (later intervals inherit the controller's step).
-                end = pack(tree_take(ys, n - 1), tree_take(g_ys, n - 1), tree_zeros_like(d))
-                s_end = -ts[n - 1]
-                f_end = backward_field(s_end, end, d)
-                h = initial_step(
-                    backward_field,
-                    s_end,
-                    end,
-                    d,
-                    f_end,
-                    solver.order,
-                    adj_rtol,
-                    adj_atol,
-                    backward_options.norm,
-                )
-                dt_first = jnp.minimum(dt_first, jax.lax.stop_gradient(h).astype(ts.dtype))
-                stats0 = stats0 + stats_vector({"nfe": 2}, stats0)
         carry = (
             tree_zeros_like(y0),
             tree_zeros_like(d),
-            stats0,
+            jnp.zeros_like(probe),
             jnp.asarray(0, jnp.int32),
-            dt_first,
+            _usable_dt(dt_forward, ts, n - 1) if n > 1 else jnp.zeros((), ts.dtype),
             jnp.zeros((), probe.dtype),
         )
         if n > 1:

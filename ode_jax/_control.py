@@ -88,6 +88,8 @@ class PIDController:
         pcoeff, icoeff: proportional and integral coefficients.
         factormin, factormax: bounds on dt_new / dt after an accepted step.
         safety: safety factor (< 1). After a rejected step the factor is at most ``safety``.
+        observed_order: after two rejections in a row, shrink the step by the order the two
+            attempts showed rather than the method's (see :meth:`factor`).
 
     As in Hairer's codes (Hairer, Norsett & Wanner 1993, II.4), the step accepted right after a
     rejection does not grow the step size: it avoids runs of reject/accept/reject, and cut the
@@ -99,6 +101,7 @@ class PIDController:
     factormin: float = 0.2
     factormax: float = 10.0
     safety: float = 0.9
+    observed_order: bool = True
 
     def __post_init__(self):
         for name in ("pcoeff", "icoeff"):
@@ -112,15 +115,29 @@ class PIDController:
         if not 0 < self.safety <= 1:
             raise ValueError(f"PIDController: safety={self.safety} must be in (0, 1]")
 
-    def factor(self, err, prev_err, accept, order, prev_rejected=False):
+    def factor(self, err, prev_err, accept, order, prev_rejected=False, last=None):
         """Multiplicative update of the step size; err/prev_err are scaled errors (>= 0).
 
         ``prev_rejected``: whether the step attempted before this one was rejected.
+        ``last``: (scaled error, step size ratio to this one) of the attempt before this one.
+
+        A rejection that follows a rejection uses the order the two attempts showed (the error
+        ratio against the step ratio, between 1 and ``order``) instead of the method's: where
+        the error does not shrink like dt**order (a field with kinks such as ReLU networks, or
+        a step far outside the asymptotic range), the textbook factor shrinks the step too
+        little and a run of rejections follows.
         """
         tiny = jnp.finfo(jnp.result_type(err)).tiny
         inv = 1.0 / jnp.maximum(err, tiny)
         inv_prev = 1.0 / jnp.maximum(prev_err, tiny)
-        factor = self.safety * inv ** ((self.pcoeff + self.icoeff) / order)
+        exponent = (self.pcoeff + self.icoeff) / order
+        if last is not None and self.observed_order:
+            last_err, ratio = last
+            seen = jnp.log(jnp.maximum(last_err, tiny) * inv) / jnp.log(ratio)
+            seen = jnp.where(jnp.isfinite(seen) & (ratio > 1.01), seen, order)
+            seen = jnp.clip(seen, 2.0, order)
+            exponent = jnp.where(prev_rejected & ~accept, 1.0 / seen, exponent)
+        factor = self.safety * inv**exponent
         if self.pcoeff:
             factor = factor * inv_prev ** (-self.pcoeff / order)
         lo = self.factormin

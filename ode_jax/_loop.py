@@ -63,6 +63,7 @@ class _State(eqx.Module):
     dt: jax.Array
     solver_state: Any
     prev_err: jax.Array
+    last: jax.Array  # (scaled error, step size) of the last attempted step
     index: jax.Array  # next output to write
     ys: Any
     nfe: jax.Array
@@ -195,6 +196,7 @@ def integrate(
         dt=cap(jnp.asarray(dt_init, tdtype)),
         solver_state=solver_state,
         prev_err=jnp.ones((), tdtype),
+        last=jnp.ones((2,), tdtype),
         index=jnp.asarray(1, i32),
         ys=ys,
         nfe=(nfe + n_init).astype(i32),
@@ -304,7 +306,9 @@ def integrate(
             if not getattr(norm, "propagates_nonfinite", False):
                 finite = finite & _all_finite(y1)
             accept = finite & (err <= 1.0)
-            factor = controller.factor(err, s.prev_err, accept, solver.order, s.rejected)
+            factor = controller.factor(
+                err, s.prev_err, accept, solver.order, s.rejected, last=(s.last[0], s.last[1] / dt)
+            )
             dt_next = (dt * factor).astype(tdtype)
             # The last step is usually cut short to end on t_end; the step size handed back
             # (Solution.dt_next, to start a following solve) should not inherit that cut.
@@ -330,6 +334,7 @@ def integrate(
             accept = finite
             dt_next = s.dt
             prev_err = s.prev_err
+            err = jnp.ones((), tdtype)
             result = jnp.where(finite, s.result, RESULTS.nonfinite).astype(i32)
             nonfinite = ~finite
 
@@ -354,6 +359,7 @@ def integrate(
             dt=dt_next,
             solver_state=solver_state,
             prev_err=prev_err,
+            last=jnp.stack([err, dt]).astype(tdtype),
             index=index,
             ys=ys,
             nfe=nfe,
