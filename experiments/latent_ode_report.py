@@ -90,7 +90,7 @@ def write_results(run_dirs, out) -> str:
     """Score the runs, write ``metrics.csv``, ``table.md`` and the figures into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    run_dirs = [Path(d) for d in run_dirs]
+    run_dirs = [Path(d) for d in run_dirs if Path(d).is_dir()]  # a glob may catch run logs
     rows = score_runs(run_dirs)
     with open(out / "metrics.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -124,6 +124,7 @@ def plot_run_curve(path, cfg: LatentODEConfig, history: list[dict], evals: list[
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9, 3.4))
     ax0.plot([r["step"] for r in history], [r["loss"] for r in history], "C0-", lw=1)
     ax0.set(xlabel="step", ylabel=_loss_label(cfg.model), title="training loss")
+    _loss_axis(ax0, cfg.model)
     for key, style in (("train_extrap", "C1o-"), ("val_extrap", "C2o-")):
         ax1.plot([r["step"] for r in evals], [r[key] for r in evals], style, ms=3, label=key)
     ax1.set(xlabel="step", ylabel="extrapolation RMSE (position units)", yscale="log")
@@ -133,10 +134,20 @@ def plot_run_curve(path, cfg: LatentODEConfig, history: list[dict], evals: list[
     report.save_figure(fig, path)
 
 
+def _loss_axis(ax, model: str):
+    """The latent ODE's loss falls from hundreds to below zero: symlog (linear in [-1, 1]);
+    the RNNs' squared error stays positive: log."""
+    if model == "latent_ode":
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.axhline(0.0, color="0.6", lw=0.6)
+    else:
+        ax.set_yscale("log")
+
+
 def _loss_label(model: str) -> str:
     if model == "latent_ode":
         return "-ELBO per observed coordinate (nats)"
-    return "MSE of next-value predictions (position units²)"
+    return "next-value MSE (position units²)"
 
 
 def plot_training_curves(path, n: int, rows: list[dict]):
@@ -160,7 +171,7 @@ def plot_training_curves(path, n: int, rows: list[dict]):
             [e["step"] for e in evals], [e["val_extrap"] for e in evals], c, lw=1, label=label
         )
     axes[0].set(xlabel="step", ylabel=_loss_label("latent_ode"), title="latent ODE: train loss")
-    axes[0].set_ylim(top=min(axes[0].get_ylim()[1], 5.0))
+    _loss_axis(axes[0], "latent_ode")
     axes[1].set(xlabel="step", ylabel=_loss_label("rnn"), yscale="log", title="RNNs: train loss")
     axes[2].set(
         xlabel="step",
@@ -196,7 +207,7 @@ def plot_figure6(path, n: int, runs: dict):
     rows_plot = _pick_spirals(test.clockwise, k)
     many = _pick_spirals(test.clockwise, min(40, cfg.num_test))
     names = [m for m in latent_ode.MODELS if m in loaded]
-    fig = plt.figure(figsize=(3.1 * k, 3.0 * (len(names) + 1.3)))
+    fig = plt.figure(figsize=(3.1 * k + 1.5, 3.0 * (len(names) + 1.3)), layout="constrained")
     grid = fig.add_gridspec(len(names) + 1, k)
     W = cfg.n_grid
     for i, name in enumerate(names):
@@ -244,7 +255,10 @@ def plot_figure6(path, n: int, runs: dict):
             lc.set_array(test.ts[:-1])
             ax.add_collection(lc)
             ax.plot(*pc[s, W - 1], "k.", ms=2)
-        ax.set(xlim=(pc[..., 0].min(), pc[..., 0].max()), ylim=(pc[..., 1].min(), pc[..., 1].max()))
+        mine = pc[data.clockwise == cw]
+        pad = 0.05 * np.ptp(mine.reshape(-1, 2), axis=0)
+        lo, hi = mine.min((0, 1)) - pad, mine.max((0, 1)) + pad
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]))
         ax.set(xlabel="latent PC 1", ylabel="latent PC 2")
         ax.set_title(f"latent ODE: z(t) of {title} test spirals (dot: end of window)", fontsize=8)
     cbar = fig.colorbar(lc, ax=fig.axes[-2:], fraction=0.03)

@@ -184,24 +184,25 @@ def markdown(rows: list[dict]) -> str:
         sub = sorted((r for r in rows if r["task"] == task), key=_order)
         if not sub:
             continue
-        base = {r["adjoint"]: r for r in sub if r["reg"] == "none"}
+        base = {(r["adjoint"], r["seed"]): r for r in sub if r["reg"] == "none"}
         lines += [
             f"**{LABELS[task]}**\n\n",
-            "| reg | weight | adjoint | metric | Δ vs none | NFE fwd test | × none | "
+            "| reg | weight | adjoint | seed | metric | Δ vs none | NFE fwd test | × none | "
             "NFE fwd / bwd train | train s |\n",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|\n",
+            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
         ]
         for r in sub:
-            # Against the unregularised run with the same adjoint; † where there is none (then
-            # against the continuous-adjoint one).
-            b, mark = base.get(r["adjoint"]), ""
+            # Against the unregularised run with the same adjoint and seed; † where there is
+            # none (then against the continuous-adjoint one).
+            b, mark = base.get((r["adjoint"], r["seed"])), ""
             if b is None:
-                b, mark = base.get("continuous"), " †"
+                b, mark = base.get(("continuous", r["seed"])), " †"
             scale = 100.0 if task == "odenet" else 1.0
             delta = "–" if b is None else f"{scale * (r['metric'] - b['metric']):+.3f}{mark}"
             ratio = "–" if b is None else f"{r['nfe_fwd_test'] / b['nfe_fwd_test']:.2f}{mark}"
             lines.append(
-                f"| {r['reg']} | {r['weight']:g} | {r['adjoint']} | {scale * r['metric']:.3f} | "
+                f"| {r['reg']} | {r['weight']:g} | {r['adjoint']} | {r['seed']} | "
+                f"{scale * r['metric']:.3f} | "
                 f"{delta} | {r['nfe_fwd_test']:.1f} | {ratio} | "
                 f"{r['nfe_fwd_train']:.1f} / {r['nfe_bwd_train']:.1f} | "
                 f"{r['train_seconds']:.0f} |\n"
