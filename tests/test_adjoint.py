@@ -11,6 +11,9 @@ import pytest
 import ode_jax
 
 ADJOINTS = ["continuous", "discrete"]
+# Where both variants take long, the continuous one runs with -m slow (the continuous adjoint
+# is covered by the other tests of this file).
+ADJOINTS_CONTINUOUS_SLOW = [pytest.param("continuous", marks=pytest.mark.slow), "discrete"]
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -97,7 +100,7 @@ def _diffrax(mlp, y0, ts):
     return jnp.sum(sol.ys[1:] ** 2)
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_gradients_match_diffrax_for_equinox_mlp(adjoint):
     mlp, y0, ts = _mlp_problem()
     ref_m, ref_y = eqx.filter_grad(lambda my: _diffrax(my[0], my[1], ts))((mlp, y0))
@@ -205,7 +208,7 @@ def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
     np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_vmap_per_example_gradients(adjoint):
     mlp, _, ts = _mlp_problem()
     y0s = jax.random.normal(jax.random.PRNGKey(2), (3, 3))

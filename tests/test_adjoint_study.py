@@ -20,6 +20,7 @@ def _tiny_spiral():
     )
 
 
+@pytest.mark.slow  # ~30-65 s; the study's own outputs are committed
 def test_study_core_on_a_tiny_spiral():
     problem = _tiny_spiral()
     ref, _ = study.reference_grad(problem, "tsit5", 1e-10)

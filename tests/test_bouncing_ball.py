@@ -14,6 +14,9 @@ from configs.bouncing_ball import BouncingBallConfig
 from experiments import bouncing_ball as bb
 
 ADJOINTS = ["continuous", "discrete"]
+# Where both variants take long, the continuous one runs with -m slow (the continuous adjoint
+# is covered by the other tests of this file).
+ADJOINTS_CONTINUOUS_SLOW = [pytest.param("continuous", marks=pytest.mark.slow), "discrete"]
 H0 = 10.0
 
 
@@ -25,6 +28,7 @@ def _ball(g, e, drag=None):
     return bb.Ball(jnp.log(g), jnp.log(e / (1 - e)), drag)
 
 
+@pytest.mark.slow  # ~50 s; the event gradients are tested below
 def test_smoke_run_recovers_g_and_e(tmp_path):
     metrics = bb.main(["--smoke", "--out", str(tmp_path), "--no-progress"])
     files = {p.name for p in tmp_path.iterdir()}
@@ -61,7 +65,7 @@ def test_bounce_times_and_gradients_match_closed_forms(adjoint):
     np.testing.assert_allclose(jac[1, 1], 2 * t1, rtol=1e-8)
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_height_loss_gradient_with_drag_mlp_matches_finite_differences(adjoint):
     cfg = BouncingBallConfig(drag="mlp", mlp_width=4)
     ball = bb.init_ball(cfg, jax.random.key(1), dtype=jnp.float64)

@@ -5,11 +5,13 @@ explicit solver stopping at max_steps where the implicit one finishes."""
 import json
 
 import numpy as np
+import pytest
 
 from configs.stiff import StiffConfig
 from experiments import stiff
 
 
+@pytest.mark.slow  # ~30 s; stiff solvers tested in test_stiff.py
 def test_smoke_run_learns_rates_and_logs_solver_counts(tmp_path):
     metrics = stiff.main(["--smoke", "--out", str(tmp_path), "--no-progress"])
     files = {p.name for p in tmp_path.iterdir()}
