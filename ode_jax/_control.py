@@ -122,7 +122,7 @@ class PIDController:
         ``last``: (scaled error, step size ratio to this one) of the attempt before this one.
 
         A rejection that follows a rejection uses the order the two attempts showed (the error
-        ratio against the step ratio, between 1 and ``order``) instead of the method's: where
+        ratio against the step ratio, between 2 and ``order``) instead of the method's: where
         the error does not shrink like dt**order (a field with kinks such as ReLU networks, or
         a step far outside the asymptotic range), the textbook factor shrinks the step too
         little and a run of rejections follows.
