@@ -42,7 +42,7 @@ import numpy as np
 
 import ode_jax
 
-from .measure import _aot, interleaved_medians, rss_peak_delta_mb
+from .measure import _aot, interleaved_medians, markdown_table, number, rss_peak_delta_mb
 from .problems import Problem, make_mlp, make_odenet, make_spiral
 from .run import machine_description
 
@@ -307,45 +307,32 @@ def _mem(mib: float) -> str:
     return f"{1024 * mib:.0f} KiB" if mib < 1 else f"{mib:.1f} MiB"
 
 
-def _num(spec: str) -> Callable:
-    return lambda v: "–" if isinstance(v, float) and not np.isfinite(v) else spec.format(v)
-
-
 def _err(v) -> str:
     """An error: "–" where there is none (failed solve), "NaN" where it is not finite."""
     return "–" if v is None else "NaN" if not np.isfinite(v) else f"{v:.1e}"
 
 
-def markdown_table(rows: list[dict], columns) -> str:
-    """columns: (key, header, formatter) triples."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row[key]) for key, _, fmt in columns) + " |")
-    return "\n".join(lines)
-
-
 METHOD_COLUMNS = [
     ("method", "method", str),
-    ("rel_err", "grad rel err", _num("{:.1e}")),
-    ("steps", "steps", _num("{}")),
+    ("rel_err", "grad rel err", number("{:.1e}")),
+    ("steps", "steps", number("{}")),
     ("temp", "XLA temp", _mem),
     ("rss", "RSS peak", _mem),
-    ("steps_many", "steps (10x run)", _num("{}")),
+    ("steps_many", "steps (10x run)", number("{}")),
     ("temp_many", "XLA temp (10x run)", _mem),
     ("rss_many", "RSS peak (10x run)", _mem),
     ("temp_big", "XLA temp (10x max_steps)", _mem),
-    ("grad_ms", "grad ms", _num("{:.1f}")),
-    ("many_s", "grad s (10x run, 1 call)", _num("{:.2f}")),
-    ("compile_s", "compile grad s", _num("{:.2f}")),
+    ("grad_ms", "grad ms", number("{:.1f}")),
+    ("many_s", "grad s (10x run, 1 call)", number("{:.2f}")),
+    ("compile_s", "compile grad s", number("{:.2f}")),
 ]
 SWEEP_COLUMNS = [
     ("problem", "problem", str),
     ("dtype", "dtype", str),
-    ("coupling", "coupling", _num("{:g}")),
-    ("rtol", "rtol", _num("{:g}")),
-    ("atol", "atol", _num("{:g}")),
-    ("steps", "steps", _num("{}")),
+    ("coupling", "coupling", number("{:g}")),
+    ("rtol", "rtol", number("{:g}")),
+    ("atol", "atol", number("{:g}")),
+    ("steps", "steps", number("{}")),
     ("result", "forward result", str),
     ("recon", "reconstruction error", _err),
     ("rev_vs_disc", "rev vs discrete", _err),
@@ -356,15 +343,15 @@ TRAINING_COLUMNS = [
     ("run", "run", str),
     ("adjoint", "adjoint", str),
     ("solver", "solver", str),
-    ("steps", "steps", _num("{}")),
-    ("mae", "eval mean abs err", _num("{:.4f}")),
-    ("rmse", "eval RMS err", _num("{:.4f}")),
-    ("max_err", "eval max err", _num("{:.3f}")),
-    ("nfe_fwd", "NFE fwd / step", _num("{:.1f}")),
-    ("nfe_bwd", "NFE bwd / step", _num("{:.1f}")),
-    ("first_s", "first step s", _num("{:.1f}")),
-    ("train_s", "train s", _num("{:.0f}")),
-    ("wall_s", "wall s", _num("{:.0f}")),
+    ("steps", "steps", number("{}")),
+    ("mae", "eval mean abs err", number("{:.4f}")),
+    ("rmse", "eval RMS err", number("{:.4f}")),
+    ("max_err", "eval max err", number("{:.3f}")),
+    ("nfe_fwd", "NFE fwd / step", number("{:.1f}")),
+    ("nfe_bwd", "NFE bwd / step", number("{:.1f}")),
+    ("first_s", "first step s", number("{:.1f}")),
+    ("train_s", "train s", number("{:.0f}")),
+    ("wall_s", "wall s", number("{:.0f}")),
 ]
 
 NOTES = """\

@@ -160,17 +160,15 @@ def make_mlp_eqx(quick: bool = False) -> Problem:
 
         return Field(), _t(y0), _t(ts), lambda ys: torch.mean(ys[-1] ** 2)
 
-    return Problem(
+    # (a)'s times, loss and tolerances; its own field, weights and initial state.
+    return dataclasses.replace(
+        make_mlp(quick),
         name="mlp_eqx",
         title=f"(a2) (a) as users write it: eqx.nn.MLP (2x tanh {hidden}) vmapped over batch "
         f"{batch}, state {dim}, t in [0, 10], dopri5, rtol 1e-6, atol 1e-8",
         vf=vf,
         params=params,
         y0=y0,
-        ts=ts,
-        loss=lambda ys: jnp.mean(ys[-1] ** 2),
-        rtol=1e-6,
-        atol=1e-8,
         make_torch=make_torch,
     )
 

@@ -26,6 +26,8 @@ from . import train_step
 from .measure import (
     jax_runner,
     jax_unit_costs,
+    markdown_table,
+    number,
     pick_torch_threads,
     rss_peak_delta_mb,
     torch_runner,
@@ -192,16 +194,7 @@ COLUMNS = [
 
 
 def table(rows) -> str:
-    def fmt(spec, v):
-        if isinstance(v, float) and not np.isfinite(v):
-            return "–"
-        return spec.format(v)
-
-    lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(spec, row[key]) for key, _, spec in COLUMNS) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, [(key, head, number(spec)) for key, head, spec in COLUMNS])
 
 
 def target_check(case, rows) -> list[str]:

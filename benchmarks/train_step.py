@@ -34,7 +34,7 @@ import ode_jax
 from configs.odenet import ODENetConfig
 from experiments.odenet import make_model
 
-from .measure import pick_torch_threads, rss_peak_delta_mb
+from .measure import markdown_table, number, pick_torch_threads, rss_peak_delta_mb
 from .methods import counting, torch_available
 
 F32 = jnp.float32
@@ -559,16 +559,7 @@ COLUMNS = [
 
 
 def table(rows) -> str:
-    def fmt(spec, v):
-        if isinstance(v, float) and not np.isfinite(v):
-            return "–"
-        return spec.format(v)
-
-    lines = ["| " + " | ".join(c[1] for c in COLUMNS) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(COLUMNS))) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(spec, row[key]) for key, _, spec in COLUMNS) + " |")
-    return "\n".join(lines)
+    return markdown_table(rows, [(key, head, number(spec)) for key, head, spec in COLUMNS])
 
 
 def target_lines(rows) -> list[str]:
