@@ -29,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments.common.report import markdown_table as markdown_table
+from experiments.common.report import number as number
+
 from .methods import JAX_METHODS, TORCH_METHODS, counting
 
 
@@ -275,17 +278,3 @@ def torch_unit_costs(problem, target_s: float = 0.3) -> tuple[float, float]:
         torch.autograd.grad(func(t, y), [y, *params], grad_outputs=a)
 
     return time_loop(evaluate), time_loop(vjp)
-
-
-def number(spec: str) -> Callable:
-    """A table cell formatter: ``spec.format(v)``, or "–" for a missing (non-finite) float."""
-    return lambda v: "–" if isinstance(v, float) and not np.isfinite(v) else spec.format(v)
-
-
-def markdown_table(rows: list[dict], columns) -> str:
-    """columns: (key, header, formatter) triples; numbers right-aligned after the first."""
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
-    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
-    for row in rows:
-        lines.append("| " + " | ".join(fmt(row[key]) for key, _, fmt in columns) + " |")
-    return "\n".join(lines)

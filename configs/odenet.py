@@ -25,7 +25,9 @@ class ODENetConfig(RegularisationFields, TrainConfig):
     """Data, model, solver and training of one classifier."""
 
     out: str = "runs/odenet"  # folder for everything the run writes
-    data_dir: str = DEFAULT_IDX_DIR  # folder of the four MNIST-format IDX files (default: Fashion)
+    # folder of the four MNIST-format IDX files (default: Fashion-MNIST as installed by apt);
+    # "": generated stand-in images (the --smoke default: no dataset needed, numbers meaningless)
+    data_dir: str = DEFAULT_IDX_DIR
     val_size: int = VAL_SIZE  # training images held out for validation (model selection)
     augment: bool = True  # random crops of the zero-padded training images
     crop_padding: int = 4  # pixels of zero padding before the random crop
@@ -65,8 +67,9 @@ class ODENetConfig(RegularisationFields, TrainConfig):
         require(self, "reg", self.reg == "none" or self.model != "resnet", "needs an ODE block")
 
 
-# --smoke: a run that finishes in seconds on a tiny dataset (the tests write one).
+# --smoke: a run that finishes in seconds on generated stand-in images (no dataset needed).
 SMOKE = dict(
+    data_dir="",
     val_size=16,
     width=8,
     res_blocks=2,

@@ -19,7 +19,6 @@ import dataclasses
 import functools
 import json
 import math
-import sys
 from pathlib import Path
 
 import equinox as eqx
@@ -309,21 +308,37 @@ def val_summary(run_dirs) -> str:
     return "".join(lines)
 
 
-def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["table"]:
-        from experiments import latent_ode_report
+def _table(args: common.cli.RunsArgs) -> str:
+    from experiments import latent_ode_report
 
-        runs, out = common.cli.runs_and_out(argv[1:], "results/latent_ode")
-        table = latent_ode_report.write_results(runs, out)
-        print(table)
-        return table
-    if argv[:1] == ["val"]:
-        text = val_summary(argv[1:])
-        print(text)
-        return text
-    return common.main(LatentODEConfig, SMOKE, build, finish, argv)
+    table = latent_ode_report.write_results(common.cli.require_runs(args), args.out)
+    print(table)
+    return table
+
+
+def _val(args: common.cli.RunsArgs) -> str:
+    text = val_summary(common.cli.require_runs(args))
+    print(text)
+    return text
+
+
+def main(argv=None):
+    runs = common.cli.RunsArgs
+    return common.cli.dispatch(
+        "latent_ode",
+        argv,
+        lambda argv: common.main(LatentODEConfig, SMOKE, build, finish, argv),
+        {
+            "table": common.cli.Subcommand(
+                runs,
+                _table,
+                "score kept checkpoints on the test split, once; write tables",
+                common.cli.runs_args("results/latent_ode"),
+            ),
+            "val": common.cli.Subcommand(runs, _val, "validation summary of runs (no test data)"),
+        },
+    )
 
 
 if __name__ == "__main__":
-    main()
+    common.cli.entry(main)

@@ -23,8 +23,9 @@ import tyro
 
 import ode_jax
 from configs.odenet import NFE_SMOKE, NFEStudyConfig
-from experiments.common import report
-from experiments.odenet import cross_entropy, load_config, load_model, load_splits, to_float
+from experiments.common import cli, report
+from experiments.common.images import cross_entropy, load_splits, to_float
+from experiments.odenet import load_config, load_model
 
 
 def _solve(block, h0, tol, seminorm=False, probe=None):
@@ -128,17 +129,17 @@ def plot(path, rows: list[dict], history: list[dict], steps_per_epoch: float):
 
 
 def _steps_per_epoch(run_cfg, splits=None) -> float:
-    splits = load_splits(run_cfg) if splits is None else splits
+    splits = load_splits(run_cfg.data_dir, run_cfg.val_size) if splits is None else splits
     return len(splits["train"][0]) / run_cfg.batch_size
 
 
 def replot(argv) -> None:
     """``plot --run RUN --out OUT``: redraw ``OUT/nfe_study.png`` from the CSV files in ``OUT``."""
-    cfg = tyro.cli(NFEStudyConfig, args=argv)
+    cfg = tyro.cli(NFEStudyConfig, args=argv, prog=cli.prog("nfe_study", "plot"))
     out = Path(cfg.out)
     missing = [n for n in ("tolerance_sweep.csv", "training_nfe.csv") if not (out / n).is_file()]
     if missing:
-        raise SystemExit(f"--out {out} has no {', '.join(missing)}: run the study there first")
+        raise cli.UserError(f"--out {out} has no {', '.join(missing)}: run the study there first")
     rows = report.read_csv(out / "tolerance_sweep.csv")
     history = report.read_csv(out / "training_nfe.csv")
     run_cfg = load_config(cfg.run)  # for the epoch length; the model itself is not needed
@@ -147,19 +148,24 @@ def replot(argv) -> None:
 
 
 def main(argv=None) -> list[dict] | None:
-    import sys
+    return cli.dispatch(
+        "nfe_study",
+        argv,
+        study,
+        {"plot": cli.Subcommand(None, replot, "redraw nfe_study.png from the CSV files in --out")},
+    )
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["plot"]:
-        return replot(argv[1:])
+
+def study(argv) -> list[dict]:
+    """The study on the run ``--run``, written to ``--out``."""
     default = NFEStudyConfig(smoke=True, **NFE_SMOKE) if "--smoke" in argv else NFEStudyConfig()
-    cfg = tyro.cli(NFEStudyConfig, default=default, args=argv)
+    cfg = tyro.cli(NFEStudyConfig, default=default, args=argv, prog=cli.prog("nfe_study"))
     run, out = Path(cfg.run), Path(cfg.out)
     model, run_cfg = load_model(run)
     if run_cfg.model == "resnet":
-        raise SystemExit(f"{run} holds a ResNet; the NFE study needs an ODE-Net or RK-Net run")
+        raise cli.UserError(f"{run} holds a ResNet; the NFE study needs an ODE-Net or RK-Net run")
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_splits(run_cfg)
+    splits = load_splits(run_cfg.data_dir, run_cfg.val_size)
     images, labels = splits["test"]
     x, y = to_float(jnp.asarray(images[: cfg.batch])), jnp.asarray(labels[: cfg.batch])
     rows = sweep(model, x, y, cfg)
@@ -172,4 +178,4 @@ def main(argv=None) -> list[dict] | None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -26,233 +25,58 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from configs.odenet import MODELS, SMOKE, ODENetConfig
 from experiments import common
 from experiments.common import report
-from experiments.common.loop import make_optimizer
-from ode_jax.data import load_idx_dataset
-from ode_jax.nn import ConcatConv2d, GroupNorm, ODEBlock
-
-DTYPE = jnp.float32
-NUM_CLASSES = 10
-
-
-def _norm(channels: int) -> GroupNorm:
-    return GroupNorm(min(32, channels), channels, dtype=DTYPE)  # torchdiffeq's norm()
-
-
-class Conv2d(eqx.Module):
-    """Plain channels-last convolution, torch ``Conv2d`` initialisation (no time channel)."""
-
-    weight: jax.Array  # (k, k, in, out), HWIO
-    bias: jax.Array | None  # (out,)
-    stride: int = eqx.field(static=True)
-    padding: int = eqx.field(static=True)
-
-    def __init__(self, cin, cout, kernel, stride=1, padding=0, use_bias=True, *, key):
-        wkey, bkey = jax.random.split(key)
-        bound = 1.0 / math.sqrt(cin * kernel**2)
-        self.weight = jax.random.uniform(wkey, (kernel, kernel, cin, cout), DTYPE, -bound, bound)
-        self.bias = jax.random.uniform(bkey, (cout,), DTYPE, -bound, bound) if use_bias else None
-        self.stride, self.padding = stride, padding
-
-    def __call__(self, x_NHWC):
-        p = self.padding
-        out = jax.lax.conv_general_dilated(
-            x_NHWC,
-            self.weight,
-            (self.stride, self.stride),
-            ((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return out if self.bias is None else out + self.bias.reshape(1, 1, 1, -1)
+from experiments.common.images import (
+    DTYPE,
+    NUM_CLASSES,
+    cross_entropy,
+    describe_data,
+    evaluate_split,
+    is_correct,
+    load_splits,
+    random_crop,
+    to_float,
+)
+from experiments.common.loop import optimizer_for
+from ode_jax.nn import (
+    ConvODEField,
+    Downsample,
+    ImageClassifier,
+    ODEBlock,
+    ResBlock,
+    count_params,
+    odenet_norm,
+)
 
 
-class Downsample(eqx.Module):
-    """(N, 28, 28, 1) -> (N, 6, 6, width): conv3x3, [GN, ReLU, conv4x4/2] x 2."""
-
-    convs: tuple
-    norms: tuple
-
-    def __init__(self, width: int, *, key):
-        k0, k1, k2 = jax.random.split(key, 3)
-        self.convs = (
-            Conv2d(1, width, 3, key=k0),
-            Conv2d(width, width, 4, 2, 1, key=k1),
-            Conv2d(width, width, 4, 2, 1, key=k2),
-        )
-        self.norms = (_norm(width), _norm(width))
-
-    def __call__(self, x):
-        x = self.convs[0](x)
-        for norm, conv in zip(self.norms, self.convs[1:]):
-            x = conv(jax.nn.relu(norm(x)))
-        return x
-
-
-class ConvField(eqx.Module):
-    """torchdiffeq's ODEfunc: GN, ReLU, ConcatConv, GN, ReLU, ConcatConv, GN."""
-
-    norms: tuple
-    convs: tuple
-
-    def __init__(self, width: int, *, key, impl: str = "auto"):
-        k1, k2 = jax.random.split(key)
-        self.norms = (_norm(width), _norm(width), _norm(width))
-        self.convs = (
-            ConcatConv2d(width, width, 3, 1, 1, key=k1, dtype=DTYPE, impl=impl),
-            ConcatConv2d(width, width, 3, 1, 1, key=k2, dtype=DTYPE, impl=impl),
-        )
-
-    def __call__(self, t, x):
-        x = self.convs[0](t, jax.nn.relu(self.norms[0](x)))
-        x = self.convs[1](t, jax.nn.relu(self.norms[1](x)))
-        return self.norms[2](x)
-
-
-class ResBlock(eqx.Module):
-    """Pre-activation residual block: x + conv(ReLU(GN(conv(ReLU(GN(x)))))), bias-free convs."""
-
-    norms: tuple
-    convs: tuple
-
-    def __init__(self, width: int, *, key):
-        k1, k2 = jax.random.split(key)
-        self.norms = (_norm(width), _norm(width))
-        self.convs = (
-            Conv2d(width, width, 3, 1, 1, use_bias=False, key=k1),
-            Conv2d(width, width, 3, 1, 1, use_bias=False, key=k2),
-        )
-
-    def __call__(self, x):
-        h = self.convs[0](jax.nn.relu(self.norms[0](x)))
-        return x + self.convs[1](jax.nn.relu(self.norms[1](h)))
-
-
-class Classifier(eqx.Module):
-    """Downsample -> body (ODEBlock or ResBlocks) -> GN, ReLU, mean pool, linear.
-
-    ``model(x_NHWC, probe)`` returns ``(logits_NK, stats)``; ``stats["nfe"]`` is the forward
-    NFE of the ODE block (0 for the ResNet).
-    """
-
-    downsample: Downsample
-    body: ODEBlock | tuple
-    head_norm: GroupNorm
-    linear: eqx.nn.Linear
-
-    def __call__(self, x_NHWC, probe=None, key=None):
-        """``key`` given: a training solve with the ODE block's regulariser, whose penalties
-        are in ``stats["penalties"]``."""
-        h = self.downsample(x_NHWC)
-        if isinstance(self.body, ODEBlock):
-            h, stats = self.body.solve(h, probe, regularise=key is not None, key=key)
-        else:
-            for block in self.body:
-                h = block(h)
-            stats = {"nfe": jnp.zeros((), jnp.int32)}
-        return self.head(h), stats
-
-    def head(self, h_NHWC):
-        """Features after the body -> logits (N, classes)."""
-        h = jnp.mean(jax.nn.relu(self.head_norm(h_NHWC)), axis=(1, 2))
-        return h @ self.linear.weight.T + self.linear.bias[None]
-
-
-def make_model(cfg: ODENetConfig, key) -> Classifier:
+def make_model(cfg: ODENetConfig, key) -> ImageClassifier:
     """The classifier ``cfg.model`` with freshly initialised parameters."""
     kd, kb, kl = jax.random.split(key, 3)
     if cfg.model == "resnet":
-        body = tuple(ResBlock(cfg.width, key=k) for k in jax.random.split(kb, cfg.res_blocks))
+        body = tuple(
+            ResBlock(cfg.width, key=k, dtype=DTYPE) for k in jax.random.split(kb, cfg.res_blocks)
+        )
     else:
         settings = cfg.solve_settings()
         if cfg.model == "rknet":  # the same block, differentiated through the solver's steps
             settings = settings.replace(adjoint="discrete")
-        field = ConvField(cfg.width, key=kb, impl=cfg.conv_impl)
+        field = ConvODEField(cfg.width, key=kb, impl=cfg.conv_impl, dtype=DTYPE)
         body = ODEBlock(field, 1.0, settings=settings, regulariser=cfg.regulariser(1.0))
     linear = eqx.nn.Linear(cfg.width, NUM_CLASSES, dtype=DTYPE, key=kl)
-    return Classifier(Downsample(cfg.width, key=kd), body, _norm(cfg.width), linear)
-
-
-def count_params(model) -> int:
-    return sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-def load_splits(cfg: ODENetConfig):
-    """``{"train", "val", "test"}``: (images uint8 (N, H, W, 1), labels int32 (N,)).
-
-    The validation split is a fixed (seed 0) random subset of the training files.
-    """
-    data = load_idx_dataset(cfg.data_dir, NUM_CLASSES)
-    n = len(data.train_images)
-    if not 0 < cfg.val_size < n:
-        raise ValueError(f"val_size={cfg.val_size} must be in (0, {n}) for {cfg.data_dir}")
-    order = np.random.default_rng(0).permutation(n)
-    val, train = order[: cfg.val_size], order[cfg.val_size :]
-    x, y = data.train_images[..., None], data.train_labels
-    return {
-        "train": (x[train], y[train]),
-        "val": (x[val], y[val]),
-        "test": (data.test_images[..., None], data.test_labels),
-    }
-
-
-def to_float(images_uint8):
-    return images_uint8.astype(DTYPE) / 255.0
-
-
-def random_crop(key, images, padding: int):
-    """Each image shifted by up to ``padding`` pixels (zero fill): pad, then crop back."""
-    if padding == 0:
-        return images
-    n, h, w, _ = images.shape
-    padded = jnp.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    offsets = jax.random.randint(key, (n, 2), 0, 2 * padding + 1)
-
-    def crop(img, off):
-        return jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, img.shape[-1]))
-
-    return jax.vmap(crop)(padded, offsets)
-
-
-def cross_entropy(logits, labels):
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-
-def is_correct(logits_NK, labels_N):
-    """Whether the top class is the label: (N,) bool (argmax's int in the labels' dtype)."""
-    labels_N = jnp.asarray(labels_N)
-    return jnp.argmax(logits_NK, -1).astype(labels_N.dtype) == labels_N
-
-
-@eqx.filter_jit
-def _eval_batch(model, images, labels):
-    logits, stats = model(to_float(images))
-    wrong = jnp.sum(~is_correct(logits, labels))
-    loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-    return wrong, loss, stats["nfe"]
-
-
-def evaluate_split(model, images, labels, batch: int) -> dict:
-    """Error rate, mean loss and mean forward NFE over a split, in batches of ``batch``."""
-    wrong = loss = nfe = 0.0
-    starts = range(0, len(images), batch)
-    for s in starts:  # the last, smaller batch compiles once more
-        w, lo, n = _eval_batch(model, images[s : s + batch], labels[s : s + batch])
-        wrong, loss, nfe = wrong + float(w), loss + float(lo), nfe + float(n)
-    return {"error": wrong / len(images), "loss": loss / len(images), "nfe": nfe / len(starts)}
+    return ImageClassifier(
+        Downsample(cfg.width, key=kd, dtype=DTYPE), body, odenet_norm(cfg.width, DTYPE), linear
+    )
 
 
 # --- the task ---------------------------------------------------------------------------------
 
 
 def build(cfg: ODENetConfig) -> common.Task:
-    splits = load_splits(cfg)
+    print(describe_data(cfg.data_dir), flush=True)
+    splits = load_splits(cfg.data_dir, cfg.val_size)
     train_x, train_y = (jnp.asarray(a) for a in splits["train"])
 
     def init_model(key):
@@ -289,16 +113,25 @@ def build(cfg: ODENetConfig) -> common.Task:
 
 def load_config(run) -> ODENetConfig:
     """The resolved config a run folder was trained with."""
-    resolved = json.loads((Path(run) / "config.json").read_text())
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise common.cli.UserError(
+            f"{run} is not an odenet run folder (no config.json); train one first: "
+            f"python -m experiments.odenet --out {run} (add --smoke for a quick one)"
+        )
+    resolved = json.loads(path.read_text())
     return common.config_from_dict(ODENetConfig, resolved)
 
 
-def load_model(run, which: str = "best") -> tuple[Classifier, ODENetConfig]:
+def load_model(run, which: str = "best") -> tuple[ImageClassifier, ODENetConfig]:
     """The model of a finished (or running) run folder: its ``best`` (lowest validation error)."""
     run = Path(run)
     cfg = load_config(run)
     like = make_model(cfg, jax.random.key(0))
-    return eqx.tree_deserialise_leaves(run / which / common.checkpoint.BEST_MODEL, like), cfg
+    path = run / which / common.checkpoint.BEST_MODEL
+    if not path.exists():
+        raise common.cli.UserError(f"{run} has no {which}/ model yet (no evaluation has run)")
+    return eqx.tree_deserialise_leaves(path, like), cfg
 
 
 # --- measurements -----------------------------------------------------------------------------
@@ -312,7 +145,7 @@ def profile_step(cfg: ODENetConfig, model=None, repeats: int = 3) -> dict:
     median of ``repeats`` timed steps.
     """
     model = make_model(cfg, jax.random.key(cfg.seed)) if model is None else model
-    optimizer = make_optimizer(*common.loop._optimizer_settings(cfg))
+    optimizer = optimizer_for(cfg)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     mesh = common.parallel.make_mesh(1)
     step = common.loop.make_train_step(_synthetic_loss, optimizer, mesh)
@@ -355,7 +188,7 @@ def finish(cfg: ODENetConfig, task: common.Task, result: common.TrainResult, out
     """Test error of the best-validation model, parameter count, step cost, time per epoch."""
     model, _ = load_model(out)
     best = min(result.evals, key=lambda r: r["val_error"])
-    splits = load_splits(cfg)
+    splits = load_splits(cfg.data_dir, cfg.val_size)
     test = evaluate_split(model, *splits["test"], cfg.eval_batch)
     steps_per_epoch = len(splits["train"][0]) / cfg.batch_size
     per_step = result.timing["train_seconds"] / max(1, result.history[-1]["step"])
@@ -381,13 +214,26 @@ LABELS = {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}
 RUN_FILES = ("config.json", "metrics.json", "history.csv", "evals.csv", "training_curve.png")
 
 
+TABLE_COLUMNS = (
+    ("label", "model", "{}"),
+    ("test_error", "test error", "{:.2%}"),
+    ("val_error", "val error", "{:.2%}"),
+    ("params", "params", "{:,}"),
+    ("nfe", "NFE fwd / bwd per step", "{}"),
+    ("peak_mib", "step peak MiB", "{:.0f}"),
+    ("step_seconds", "step s", "{:.2f}"),
+    ("epoch_seconds", "epoch s", "{:.0f}"),
+    ("steps", "steps", "{}"),
+)
+
+
 def write_table(run_dirs, out) -> str:
     """Collect finished runs into ``out``: per-model files, metrics.json, table.md, curves.png."""
     out = Path(out)
     runs = []
     for d in map(Path, run_dirs):
         if not (d / "metrics.json").exists():
-            raise SystemExit(f"error: {d} has no metrics.json (not a finished odenet run)")
+            raise common.cli.UserError(f"{d} has no metrics.json (not a finished odenet run)")
         metrics = json.loads((d / "metrics.json").read_text())
         runs.append((metrics["model"], metrics, d))
         (out / metrics["model"]).mkdir(parents=True, exist_ok=True)
@@ -395,26 +241,33 @@ def write_table(run_dirs, out) -> str:
             shutil.copy(d / name, out / metrics["model"] / name)
     runs.sort(key=lambda r: list(PAPER).index(r[0]))
     report.write_json(out / "metrics.json", {m: metrics for m, metrics, _ in runs})
-    lines = [
-        "| model | test error | val error | params | NFE fwd / bwd per step | "
-        "step peak MiB | step s | epoch s | steps |\n",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
-    ]
+    nan, rows = math.nan, []
     for m, met, _ in runs:
         step = met.get("train_step", {})
         nfe = f"{met['nfe_fwd_per_step']:.1f} / {met['nfe_bwd_per_step']:.1f}"
-        nfe = "–" if m == "resnet" else nfe
-        peak, seconds = step.get("peak_mib", math.nan), step.get("step_seconds", math.nan)
-        lines.append(
-            f"| {LABELS[m]} (ours, Fashion-MNIST) | {100 * met['test_error']:.2f}% | "
-            f"{100 * met['val_error']:.2f}% | {met['params']:,} | {nfe} | {peak:.0f} | "
-            f"{seconds:.2f} | {met['epoch_seconds']:.0f} | {met['steps']} |\n"
+        rows.append(
+            dict(
+                met,
+                label=f"{LABELS[m]} (ours, Fashion-MNIST)",
+                nfe="–" if m == "resnet" else nfe,
+                peak_mib=step.get("peak_mib", nan),
+                step_seconds=step.get("step_seconds", nan),
+            )
         )
     for m, (err, params) in PAPER.items():
-        lines.append(
-            f"| {LABELS[m]} (paper, MNIST) | {100 * err:.2f}% | | {params / 1e6:.2f}M | | | | | |\n"
+        blank = dict.fromkeys(("val_error", "peak_mib", "step_seconds", "epoch_seconds"), nan)
+        rows.append(
+            dict(
+                blank,
+                label=f"{LABELS[m]} (paper, MNIST)",
+                test_error=err,
+                params=int(params),
+                nfe="",
+            )
         )
-    table = "".join(lines)
+        rows[-1]["steps"] = ""
+    columns = [(k, head, report.number(spec)) for k, head, spec in TABLE_COLUMNS]
+    table = report.markdown_table(rows, columns) + "\n"
     (out / "table.md").write_text(table)
     _plot_curves(out / "curves.png", runs)
     return table
@@ -442,16 +295,19 @@ def _plot_curves(path, runs):
 
 
 def profile_models(argv) -> list[dict]:
-    """``profile [--out FILE] [config flags]``: :func:`profile_step` of every model, one process.
+    """``profile [config flags]``: :func:`profile_step` of every model, one process.
 
     Measures the three models back to back at the same settings (so on the same machine state),
-    prints a table and writes the rows as JSON to ``--out`` when given.
+    prints a table and writes the rows as JSON to ``--out`` (a file) when given.
     """
     argv = list(argv)
-    out = common.cli.pop_option(argv, "--out")
+    out = ""
+    if "--out" in argv:  # here a JSON file, not a run folder
+        i = argv.index("--out")
+        out, argv = argv[i + 1] if i + 1 < len(argv) else "", argv[:i] + argv[i + 2 :]
     rows = []
     for model in MODELS:
-        cfg = common.parse_config(ODENetConfig, SMOKE, argv + ["--model", model])
+        cfg = common.parse_config(ODENetConfig, SMOKE, argv + ["--model", model], "odenet")
         rows.append(dict(model=model, batch_size=cfg.batch_size, **profile_step(cfg)))
         r = rows[-1]
         print(
@@ -460,22 +316,35 @@ def profile_models(argv) -> list[dict]:
             f"step {r['step_seconds']:.3f} s  compile {r['compile_seconds']:.1f} s",
             flush=True,
         )
-    if out is not None:
+    if out:
         report.write_json(out, rows)
     return rows
 
 
+def _table(args: common.cli.RunsArgs) -> str:
+    table = write_table(common.cli.require_runs(args), args.out)
+    print(table)
+    return table
+
+
 def main(argv=None) -> dict | str | list:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["profile"]:
-        return profile_models(argv[1:])
-    if argv[:1] == ["table"]:
-        runs, out = common.cli.runs_and_out(argv[1:], "results/odenet")
-        table = write_table(runs, out)
-        print(table)
-        return table
-    return common.main(ODENetConfig, SMOKE, build, finish, argv)
+    return common.cli.dispatch(
+        "odenet",
+        argv,
+        lambda argv: common.main(ODENetConfig, SMOKE, build, finish, argv),
+        {
+            "table": common.cli.Subcommand(
+                common.cli.RunsArgs,
+                _table,
+                "collect finished runs: table.md, metrics.json, curves.png",
+                common.cli.runs_args("results/odenet"),
+            ),
+            "profile": common.cli.Subcommand(
+                None, profile_models, "cost of one training step of each model [--out FILE]"
+            ),
+        },
+    )
 
 
 if __name__ == "__main__":
-    main()
+    common.cli.entry(main)

@@ -20,7 +20,7 @@ import ode_jax
 from configs.base import TrainConfig
 from configs.spiral import SMOKE, SpiralConfig
 from experiments.common import Task, checkpoint, config_from_dict, parse_config, train
-from experiments.common.cli import config_to_dict
+from experiments.common.cli import Interrupted, UserError, config_to_dict
 from ode_jax.nn import MLPField
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,10 +199,46 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert files == ["checkpoint.json", "state_00000008.eqx"]  # no temp files left behind
 
     # A checkpoint of another config is not silently resumed.
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(UserError, match="different config.*lr: 0.01 -> 0.03.*--fresh"):
         train(dataclasses.replace(cfg, lr=3e-2), task)
     restarted = train(dataclasses.replace(cfg, fresh=True, steps=2), task)
     assert [r["step"] for r in restarted.history] == [2]
+
+
+def test_raising_steps_continues_a_finished_run_only_when_the_schedule_allows(tmp_path, capsys):
+    """A finished constant-rate run trained on to a larger --steps equals a run trained that
+    long at once; under a schedule that depends on --steps (cosine) raising it is refused."""
+    task = toy_task()
+    whole = train(ToyConfig(out=str(tmp_path / "whole"), lr=1e-2, steps=12), task)
+    cfg = ToyConfig(out=str(tmp_path / "run"), lr=1e-2)
+    train(cfg, task)
+    longer = train(dataclasses.replace(cfg, steps=12), task)
+    assert "checkpoint: step 8 of 12, resuming" in capsys.readouterr().out
+    for a, b in zip(_params(whole.model), _params(longer.model)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(UserError, match="past --steps 4"):
+        train(dataclasses.replace(cfg, steps=4), task)
+
+    cosine = ToyConfig(out=str(tmp_path / "cosine"), lr=1e-2, lr_schedule="cosine")
+    train(cosine, task)
+    with pytest.raises(UserError, match="depends on the number of steps.*--steps 8 to resume"):
+        train(dataclasses.replace(cosine, steps=12), task)
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    """Ctrl-C during training comes out as one message with the step of the last checkpoint."""
+    task = toy_task()
+    calls = []
+
+    def interrupting(key):
+        calls.append(key)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return task.get_batch(key)
+
+    cfg = ToyConfig(out=str(tmp_path), lr=1e-2)
+    with pytest.raises(Interrupted, match="step 6 of 8; the last checkpoint is step 3.*resume"):
+        train(cfg, dataclasses.replace(task, get_batch=interrupting))
 
 
 def test_best_model_kept_and_cleared_when_a_run_starts_over(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import ode_jax
 from configs.odenet import ODENetConfig
 from experiments import nfe_study, odenet
+from experiments.common.cli import UserError
 from tests.test_data import write_dataset
 
 
@@ -51,12 +52,11 @@ def test_random_crop_shifts_with_zero_fill():
     assert values <= set(range(17)) and len({np.asarray(o).tobytes() for o in out}) > 1
 
 
-def test_smoke_runs(tmp_path):
-    data = tmp_path / "data"
-    write_dataset(data, n_train=48, n_test=16)
+def test_smoke_runs_without_a_dataset(tmp_path, capsys):
+    """--smoke trains on generated stand-in images and says so; the NFE study reads the run."""
     run = tmp_path / "run"
-    argv = ["--smoke", "--data-dir", str(data), "--out", str(run), "--no-progress"]
-    metrics = odenet.main(argv)
+    metrics = odenet.main(["--smoke", "--out", str(run), "--no-progress"])
+    assert "generated stand-in images" in capsys.readouterr().out
     assert 0 <= metrics["test_error"] <= 1 and metrics["params"] > 0
     assert metrics["nfe_fwd_per_step"] > 0 and metrics["nfe_bwd_per_step"] > 0
     assert metrics["epoch_seconds"] > 0
@@ -75,7 +75,7 @@ def test_smoke_runs(tmp_path):
     (out / "nfe_study.png").unlink()
     nfe_study.main(["plot", "--run", str(run), "--out", str(out)])  # redraw from the CSV files
     assert (out / "nfe_study.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="no tolerance_sweep.csv"):
+    with pytest.raises(UserError, match="no tolerance_sweep.csv"):
         nfe_study.main(["plot", "--run", str(run), "--out", str(tmp_path / "empty")])
 
 
@@ -96,7 +96,7 @@ def test_resnet_smoke_with_step_measurement(tmp_path):
     assert "| ResNet (paper, MNIST) | 0.41% |" in table
     assert {p.name for p in (out / "resnet").iterdir()} == set(odenet.RUN_FILES)
     assert (out / "curves.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="no metrics.json"):
+    with pytest.raises(UserError, match="no metrics.json"):
         odenet.main(["table", str(tmp_path / "data"), "--out", str(out)])
 
 
@@ -104,8 +104,10 @@ def test_bad_config_and_missing_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         odenet.main(["--lr-boundaries", "0.5", "0.2", "--out", str(tmp_path)])
     assert "lr_boundaries=(0.5, 0.2)" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="apt-get"):
+    with pytest.raises(UserError, match="--data-dir: no data folder .*apt-get.*--smoke"):
         odenet.main(["--smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
+    with pytest.raises(UserError, match="not an odenet run folder.*python -m experiments.odenet"):
+        nfe_study.main(["--smoke", "--run", str(tmp_path / "none"), "--out", str(tmp_path)])
 
 
 @pytest.mark.slow  # compiles three training steps (~30 s)

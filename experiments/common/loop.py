@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 import ode_jax
 
 from . import checkpoint, distributed, parallel
-from .cli import config_to_dict
+from .cli import Interrupted, UserError, config_to_dict
 
 # Fields that may change between a run and its resumption without changing the result (the
 # global batch of every step does not depend on the number of processes).
@@ -75,6 +75,11 @@ def _optimizer_settings(cfg) -> tuple:
         cfg.grad_clip,
         cfg.weight_decay,
     )
+
+
+def optimizer_for(cfg) -> optax.GradientTransformation:
+    """The optimiser a ``TrainConfig`` trains with (cached: equal settings, one object)."""
+    return make_optimizer(*_optimizer_settings(cfg))
 
 
 def make_schedule(lr, schedule, steps, boundaries=(), decay=1.0):
@@ -153,18 +158,37 @@ def make_train_step(loss_fn: Callable, optimizer, mesh, backward_stats: tuple = 
     return step
 
 
-def _check_resumable(saved: dict, cfg):
+def _check_resumable(saved: dict, cfg, step: int):
+    """Raise a :class:`UserError` unless ``cfg`` continues the run checkpointed at ``step``
+    under ``saved`` (its config). ``steps`` may change where the optimiser does not depend on
+    it (a constant learning rate): a finished run then trains on up to the new ``steps``."""
     current = json.loads(json.dumps(config_to_dict(cfg)))  # as saved: tuples become lists
+    resumable = set(_RESUMABLE_CHANGES)
+    if saved.get("lr_schedule") == current.get("lr_schedule") == "constant":
+        resumable.add("steps")
     diff = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in _RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+        if k not in resumable and saved.get(k) != current.get(k)
     )
+    where = f"{cfg.out}/checkpoint (step {step})"
+    if diff == ["steps"]:
+        raise UserError(
+            f"{where} was trained with --steps {saved['steps']} and --lr-schedule "
+            f"{saved['lr_schedule']}, whose learning rate depends on the number of steps, so "
+            f"--steps {cfg.steps} cannot continue it; rerun with --steps {saved['steps']} to "
+            "resume it, --fresh to start over, or another --out"
+        )
     if diff:
         changes = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff)
-        raise ValueError(
-            f"{cfg.out} holds a checkpoint of a different config ({changes}); "
-            "pass --fresh to start over or choose another --out"
+        raise UserError(
+            f"{where} holds a run of a different config ({changes}); rerun with its flags "
+            "to resume it, --fresh to start over, or choose another --out"
+        )
+    if step > cfg.steps:
+        raise UserError(
+            f"{where} is past --steps {cfg.steps}; pass --steps {step} or more to continue it, "
+            "or --fresh to start over"
         )
 
 
@@ -199,7 +223,7 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     if cfg.batch_size % n_dev:
         raise ValueError(f"batch_size={cfg.batch_size} is not divisible by {n_dev} devices")
     init_key, data_key, step_key = jax.random.split(jax.random.key(cfg.seed), 3)
-    optimizer = make_optimizer(*_optimizer_settings(cfg))
+    optimizer = optimizer_for(cfg)
     model = task.init_model(init_key)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_inexact_array))
     start, history, evals, pending = 0, [], [], []
@@ -209,9 +233,12 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     loaded = None if cfg.fresh or not writer else checkpoint.load(ckpt_dir, (model, opt_state))
     if loaded is not None:
         (model, opt_state), meta = loaded
-        _check_resumable(meta["config"], cfg)
+        _check_resumable(meta["config"], cfg, meta["step"])
         start, history, evals, timing = meta["step"], meta["history"], meta["evals"], meta["timing"]
         pending = meta["pending"]  # metrics of steps since the last log row
+        if writer:
+            done = "finished; nothing to train" if start == cfg.steps else "resuming"
+            print(f"{ckpt_dir}: step {start} of {cfg.steps}, {done}", flush=True)
     elif writer:
         checkpoint.clear_best(best_dir)  # an earlier run's: never to be scored as this one's
     if jax.process_count() > 1:  # the other processes take process 0's records and state
@@ -226,55 +253,73 @@ def train(cfg, task: Task, *, stop_after: int | None = None) -> TrainResult | No
     show = cfg.progress and writer
     bar = tqdm(total=cfg.steps, initial=start, disable=not show, dynamic_ncols=True)
     interval_start, first = time.perf_counter(), start == 0
-    for step in range(start + 1, cfg.steps + 1):
-        t0 = time.perf_counter()
-        batch = get_batch(jax.random.fold_in(data_key, step))
-        key = jax.random.fold_in(step_key, step)
-        model, opt_state, metrics = step_fn(model, opt_state, batch, key)
-        pending.append(metrics)
-        if first:  # includes compilation
-            jax.block_until_ready(metrics)
-            timing["first_step_seconds"] = time.perf_counter() - t0
-            first = False
-        bar.update(1)
-        log, ev, ck = (
-            _is_due(step, n, cfg.steps)
-            for n in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)
-        )
-        if log or ev or ck:  # evaluation and checkpoints do not count as training time
-            jax.block_until_ready(metrics)
-            timing["train_seconds"] += time.perf_counter() - interval_start
-        if log:
-            # Means over Python floats, so restored (float) and fresh (array) entries agree.
-            rows = jax.device_get(pending)
-            row = {k: float(np.mean([float(m[k]) for m in rows])) for k in metrics}
-            history.append(dict(step=step, **row, seconds=timing["train_seconds"]))
-            bar.set_postfix(_postfix(row))
-            pending = []
-        if ev:
-            t_eval = time.perf_counter()
-            local_model = distributed.to_local(model)
-            results = {k: float(v) for k, v in task.evaluate(local_model).items()}
-            evals.append(dict(step=step, **results))
-            if task.select is not None and writer:
-                _keep_if_best(best_dir, local_model, step, task.select, results)
-            timing["eval_seconds"] += time.perf_counter() - t_eval
-            if writer:
-                bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items()))
-        if ck and writer:
-            pending = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
-            meta = dict(config=config_to_dict(cfg), history=history, evals=evals, timing=timing)
-            meta["pending"] = pending
-            checkpoint.save(ckpt_dir, step, (model, opt_state), meta)
-        if log or ev or ck:
-            interval_start = time.perf_counter()
-        if stop_after is not None and step - start >= stop_after:
-            bar.close()
-            return None
+    last_saved, step = start, start
+    try:
+        for step in range(start + 1, cfg.steps + 1):
+            t0 = time.perf_counter()
+            batch = get_batch(jax.random.fold_in(data_key, step))
+            key = jax.random.fold_in(step_key, step)
+            model, opt_state, metrics = step_fn(model, opt_state, batch, key)
+            pending.append(metrics)
+            if first:  # includes compilation
+                jax.block_until_ready(metrics)
+                timing["first_step_seconds"] = time.perf_counter() - t0
+                first = False
+            bar.update(1)
+            log, ev, ck = (
+                _is_due(step, n, cfg.steps)
+                for n in (cfg.log_every, cfg.eval_every, cfg.checkpoint_every)
+            )
+            if log or ev or ck:  # evaluation and checkpoints do not count as training time
+                jax.block_until_ready(metrics)
+                timing["train_seconds"] += time.perf_counter() - interval_start
+            if log:
+                # Means over Python floats, so restored (float) and fresh (array) entries agree.
+                rows = jax.device_get(pending)
+                row = {k: float(np.mean([float(m[k]) for m in rows])) for k in metrics}
+                history.append(dict(step=step, **row, seconds=timing["train_seconds"]))
+                bar.set_postfix(_postfix(row))
+                pending = []
+            if ev:
+                t_eval = time.perf_counter()
+                local_model = distributed.to_local(model)
+                results = {k: float(v) for k, v in task.evaluate(local_model).items()}
+                evals.append(dict(step=step, **results))
+                if task.select is not None and writer:
+                    _keep_if_best(best_dir, local_model, step, task.select, results)
+                timing["eval_seconds"] += time.perf_counter() - t_eval
+                if writer:
+                    bar.write(
+                        f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in results.items())
+                    )
+            if ck and writer:
+                pending = [{k: float(v) for k, v in m.items()} for m in jax.device_get(pending)]
+                meta = dict(config=config_to_dict(cfg), history=history, evals=evals, timing=timing)
+                meta["pending"] = pending
+                checkpoint.save(ckpt_dir, step, (model, opt_state), meta)
+                last_saved = step
+            if log or ev or ck:
+                interval_start = time.perf_counter()
+            if stop_after is not None and step - start >= stop_after:
+                bar.close()
+                return None
+    except KeyboardInterrupt:
+        bar.close()
+        raise Interrupted(_interrupted_message(cfg, step, last_saved)) from None
     bar.close()
     return TrainResult(
         model=distributed.to_local(model), history=history, evals=evals, timing=timing
     )
+
+
+def _interrupted_message(cfg, step: int, last_saved: int) -> str:
+    if last_saved:
+        where = f"the last checkpoint is step {last_saved} in {cfg.out}/checkpoint"
+        todo = "rerun the same command (without --fresh) to resume from there"
+    else:
+        where = f"no checkpoint was written yet (every {cfg.checkpoint_every} steps)"
+        todo = "rerunning starts over"
+    return f"interrupted at step {step} of {cfg.steps}; {where}: {todo}"
 
 
 def _broadcast_arrays(tree):

@@ -1,12 +1,14 @@
-"""Writing results: metrics as JSON and CSV, the training curve as PNG."""
+"""Writing results: metrics as JSON and CSV, markdown tables, the training curve as PNG."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,3 +48,17 @@ def save_figure(fig, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def number(spec: str) -> Callable:
+    """A table cell formatter: ``spec.format(v)``, or "–" for a missing (non-finite) float."""
+    return lambda v: "–" if isinstance(v, float) and not np.isfinite(v) else spec.format(v)
+
+
+def markdown_table(rows: list[dict], columns) -> str:
+    """columns: (key, header, formatter) triples; numbers right-aligned after the first."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |"]
+    lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(row[key]) for key, _, fmt in columns) + " |")
+    return "\n".join(lines)

@@ -23,5 +23,12 @@ from ._linear import ConcatSquashLinear as ConcatSquashLinear
 from ._linear import PlainLinear as PlainLinear
 from ._mlp import MLPField as MLPField
 from ._norm import GroupNorm as GroupNorm
+from ._odenet import Conv2d as Conv2d
+from ._odenet import ConvODEField as ConvODEField
+from ._odenet import Downsample as Downsample
+from ._odenet import ImageClassifier as ImageClassifier
+from ._odenet import ResBlock as ResBlock
+from ._odenet import count_params as count_params
+from ._odenet import odenet_norm as odenet_norm
 from ._planar import PlanarFlow as PlanarFlow
 from ._planar import standard_normal_log_prob as standard_normal_log_prob
