@@ -121,7 +121,8 @@ def measure(num_devices: int) -> dict[str, dict]:
     from configs.spiral import SMOKE, SpiralConfig
     from experiments import spiral
     from experiments.common import parallel
-    from experiments.common.loop import _optimizer_settings, make_optimizer, make_train_step
+    from experiments.common.loop import make_train_step, optimizer_for
+    from ode_jax.nn import call_field
 
     if len(jax.devices()) < num_devices:
         raise SystemExit(f"need {num_devices} devices, have {jax.devices()}")
@@ -135,24 +136,24 @@ def measure(num_devices: int) -> dict[str, dict]:
 
     def forward(throw):
         def run(model, y0):
-            return settings.odeint(spiral._call, y0, ts, model, throw=throw).ys
+            return settings.odeint(call_field, y0, ts, model, throw=throw).ys
 
         return eqx.filter_jit(run)
 
     def per_sample(model, y0):  # vmap: every sample its own step sizes
-        return jax.vmap(lambda y: settings.odeint(spiral._call, y, ts, model).ys)(y0)
+        return jax.vmap(lambda y: settings.odeint(call_field, y, ts, model).ys)(y0)
 
     def gradient(adjoint):
         def grad(model, y0):
             def loss(model):
-                sol = settings.odeint(spiral._call, y0, ts, model, adjoint=adjoint)
+                sol = settings.odeint(call_field, y0, ts, model, adjoint=adjoint)
                 return jnp.mean(sol.ys**2)
 
             return eqx.filter_grad(loss)(model)
 
         return eqx.filter_jit(grad)
 
-    optimizer = make_optimizer(*_optimizer_settings(cfg))
+    optimizer = optimizer_for(cfg)
     opt_state = parallel.replicate(optimizer.init(eqx.filter(model, eqx.is_inexact_array)), mesh)
     step = make_train_step(task.loss, optimizer, mesh, tuple(task.backward_stats))
     key = jax.random.key(2)

@@ -43,7 +43,7 @@ class BouncingBallConfig(TrainConfig):
     adjoint: Literal["continuous", "discrete"] = "continuous"  # how gradients are computed
     steps: int = 3000  # optimiser steps (the drag MLP needs most of them; g, e alone ~300)
     batch_size: int = 60  # observations per step, drawn without replacement (n_obs: all)
-    lr: float = 0.05  # Adam learning rate (peak of the cosine schedule)
+    lr: float = 0.05  # learning rate (of --optimizer; peak value under a schedule)
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"  # cosine decays to 0
     log_every: int = 10  # steps between training-curve rows (g and e are logged there too)
     eval_every: int = 250  # steps between evaluations on every observation

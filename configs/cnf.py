@@ -35,7 +35,7 @@ class CNFConfig(RegularisationFields, TrainConfig):
     adjoint: Literal["continuous", "discrete"] = "continuous"  # how gradients are computed
     steps: int = 1000  # optimiser steps
     batch_size: int = 256  # samples per step (fresh every step: base or data samples)
-    lr: float = 3e-3  # Adam learning rate (peak of the cosine schedule)
+    lr: float = 3e-3  # learning rate (of --optimizer; peak value under a schedule)
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"  # decays to 0 at `steps`
     eval_samples: int = 8192  # fresh samples for the final loss / test NLL (exact trace)
     grid_size: int = 100  # points per axis of the density plot grid
@@ -74,3 +74,19 @@ SMOKE = dict(
     eval_every=2,
     checkpoint_every=2,
 )
+
+# The grids of `python -m experiments.cnf grid {density,mle}`: (run name, config overrides).
+# Density matching: the paper's Figure 4 (K, M = 2, 8, 32). Maximum likelihood: the paper's
+# Figure 5 widths (64) plus FFJORD's field.
+DENSITY_GRID = (
+    [(f"nf{k}", dict(model="nf", width=k)) for k in (2, 8, 32)]
+    + [(f"cnf_planar{m}", dict(model="cnf_planar", width=m)) for m in (2, 8, 32)]
+    + [("nf32_10k", dict(model="nf", width=32, steps=10000))]  # NF steps are cheap: 5x more
+)
+MLE_GRID = [
+    ("nf64", dict(model="nf", width=64)),
+    ("cnf_planar64", dict(model="cnf_planar", width=64)),
+    ("cnf_mlp_exact", dict(model="cnf_mlp", width=64, divergence="exact")),
+    ("cnf_mlp_hutch", dict(model="cnf_mlp", width=64, divergence="hutchinson")),
+]
+MLE_DATA = ("circles", "moons", "8gaussians", "pinwheel", "checkerboard", "2spirals")

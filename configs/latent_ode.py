@@ -67,8 +67,9 @@ class LatentODEConfig(TrainConfig):
     adjoint: Literal["continuous", "discrete"] = "discrete"  # discrete: ~15x fewer backward NFE
     steps: int = 3000
     batch_size: int = 100  # spirals per step
-    lr: float = 1e-2  # Adam (torchdiffeq: 0.01), peak of the schedule
-    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decays to 0 at `steps`
+    lr: float = 1e-2  # learning rate (torchdiffeq: 0.01 with Adam), peak of the schedule
+    # constant; cosine: decays to 0 at `steps`; step: x `lr_decay` at each of `lr_boundaries`
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     log_every: int = 50
     eval_every: int = 250  # validation every eval_every steps; the best one is kept (best/)
     checkpoint_every: int = 500

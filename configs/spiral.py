@@ -30,8 +30,9 @@ class SpiralConfig(RegularisationFields, TrainConfig):
     reversible: bool = False  # solve with ode_jax.reversible(solver) (coupling 0.999)
     steps: int = 10000  # optimiser steps
     batch_size: int = 64  # windows per step
-    lr: float = 3e-3  # Adam learning rate (peak of the cosine schedule)
-    lr_schedule: Literal["constant", "cosine"] = "cosine"  # cosine decays to 0 at `steps`
+    lr: float = 3e-3  # learning rate (of --optimizer; peak value under a schedule)
+    # constant; cosine: decays to 0 at `steps`; step: x `lr_decay` at each of `lr_boundaries`
+    lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
     log_every: int = 20  # steps between training-curve rows
     eval_every: int = 200  # steps between whole-horizon evaluations
     checkpoint_every: int = 200  # steps between checkpoints

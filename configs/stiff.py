@@ -48,7 +48,7 @@ class StiffConfig(TrainConfig):
     explicit_max_steps_long: int = 200_000  # the long explicit forward solve's step budget
     steps: int = 1000  # optimiser steps (the loss reaches the solver error floor by ~700)
     batch_size: int = 40  # must equal n_obs: every step fits the whole trajectory
-    lr: float = 0.1  # Adam learning rate on log k (peak of the cosine schedule)
+    lr: float = 0.1  # learning rate on log k (of --optimizer; peak under a schedule)
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"  # cosine decays to 0
     grad_clip: float = 1.0  # clip the global gradient norm (early steps can be steep)
     log_every: int = 5  # steps between training-curve rows (solver counts and rates too)

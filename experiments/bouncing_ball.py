@@ -327,4 +327,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli.entry(main)

@@ -10,6 +10,7 @@ judged by integrating the learned field from y(0) over the whole horizon.
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import equinox as eqx
@@ -21,7 +22,7 @@ import ode_jax
 from configs.spiral import SMOKE, SpiralConfig
 from experiments import common
 from experiments.common import report
-from ode_jax.nn import MLPField
+from ode_jax.nn import MLPField, call_field
 
 TRUE_A = ((-0.1, 2.0), (-2.0, -0.1))
 TRUE_Y0 = (2.0, 0.0)
@@ -35,10 +36,6 @@ def true_field(t, y, a):
 
 def cube(y):
     return y**3
-
-
-def _call(t, y, model):
-    return model(t, y)
 
 
 def times(cfg: SpiralConfig) -> np.ndarray:
@@ -56,7 +53,7 @@ def ground_truth(cfg: SpiralConfig):
 
 
 def solve(model, y0, ts, cfg: SpiralConfig, probe=None):
-    return cfg.solve_settings().odeint(_call, y0, ts, model, probe=probe)
+    return cfg.solve_settings().odeint(call_field, y0, ts, model, probe=probe)
 
 
 def solve_regularised(model, y0, ts, cfg: SpiralConfig, reg: ode_jax.Regulariser, key, probe):
@@ -68,7 +65,7 @@ def solve_regularised(model, y0, ts, cfg: SpiralConfig, reg: ode_jax.Regulariser
         ts = jnp.concatenate([jnp.asarray(ts[:-1]), t_last[None]])
     kwargs = cfg.solve_settings().kwargs()
     return ode_jax.regularised_odeint(
-        _call, y0, ts, model, regulariser=reg, key=k_probe, probe=probe, **kwargs
+        call_field, y0, ts, model, regulariser=reg, key=k_probe, probe=probe, **kwargs
     )
 
 
@@ -131,23 +128,30 @@ def finish(cfg: SpiralConfig, task: common.Task, result: common.TrainResult, out
 def plot_trajectories(path, ts, ys, pred):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, name in enumerate(("x", "y")):
-        ax.plot(ts, ys[:, i], f"C{i}-", label=f"true {name}")
-        ax.plot(ts, pred[:, i], f"C{i}--", label=f"learned {name}")
-    ax.set(xlabel="t", title="trajectories: true (solid) vs learned (dashed) from y(0)")
-    ax.legend(ncol=4, fontsize=8)
+        ax.plot(ts, ys[:, i], f"C{i}-", lw=1.4, label=f"true {name}")
+        ax.plot(ts, pred[:, i], f"C{i}--", lw=1.4, label=f"learned {name}")
+    ax.set(xlabel="t (time units)", ylabel="state component")
+    ax.set_title("trajectories from y(0): true (solid) vs learned (dashed)", fontsize=11)
+    # Above the axes: the curves fill the whole panel.
+    ax.legend(ncol=4, fontsize=9, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
+    ax.grid(alpha=0.3)
     report.save_figure(fig, path)
 
 
 def plot_phase(path, ys, pred):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot(ys[:, 0], ys[:, 1], "k-", label="true")
-    ax.plot(pred[:, 0], pred[:, 1], "C1--", label="learned")
-    ax.set(xlabel="x", ylabel="y", title="phase portrait", aspect="equal")
-    ax.legend()
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    ax.plot(ys[:, 0], ys[:, 1], "k-", lw=1.4, label="true")
+    ax.plot(pred[:, 0], pred[:, 1], "C1--", lw=1.4, label="learned")
+    ax.plot(*TRUE_Y0, "ko", ms=4, label="y(0)")
+    ax.set(xlabel="x (state units)", ylabel="y (state units)", aspect="equal")
+    ax.set_title("phase portrait, t in [0, 25]", fontsize=11)
+    # Below the axes: the spiral fills the whole panel.
+    ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
+    ax.grid(alpha=0.3)
     report.save_figure(fig, path)
 
 
@@ -158,14 +162,53 @@ def plot_fields(path, model):
     grid = np.stack(np.meshgrid(g, g), -1).reshape(-1, 2)
     true = np.asarray(true_field(0.0, grid, np.asarray(TRUE_A, np.float32)))
     learned = np.asarray(model(0.0, jnp.asarray(grid)))
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.6), sharey=True)
     for ax, field, title in zip(axes, (true, learned), ("true field", "learned field")):
         ax.streamplot(
             g, g, field[:, 0].reshape(21, 21), field[:, 1].reshape(21, 21), color="k", density=1
         )
-        ax.set(title=title, xlabel="x", aspect="equal")
-    axes[0].set(ylabel="y")
+        ax.set(xlabel="x (state units)", aspect="equal")
+        ax.set_title(f"{title} dy/dt", fontsize=11)
+    axes[0].set(ylabel="y (state units)")
     report.save_figure(fig, path)
+
+
+def plot_curve(out, cfg: SpiralConfig):
+    """``out/training_curve.png`` from the run's CSV files, named and labelled for the spiral."""
+    report.redraw_training_curve(
+        out,
+        title=f"spiral: MLP field ({cfg.width} units, {cfg.features} features), {cfg.solver}",
+        eval_keys=("mae",),
+        loss_label=f"window MAE, {cfg.batch_time} points (state units)",
+    )
+
+
+def redraw_figures(out, checkpoint_dir=None) -> list[str]:
+    """Redraw every figure of the run folder ``out`` from its files: the training curve from
+    its CSV files, the others from the model of its last checkpoint (or ``checkpoint_dir``'s,
+    a run with the same config: the evaluation is checked against ``out/metrics.json``)."""
+    from experiments.common import checkpoint, loop
+
+    out = Path(out)
+    cfg = common.config_from_dict(SpiralConfig, json.loads((out / "config.json").read_text()))
+    task = build(cfg)
+    like = task.init_model(jax.random.key(0))
+    opt_state = loop.optimizer_for(cfg).init(eqx.filter(like, eqx.is_inexact_array))
+    loaded = checkpoint.load(Path(checkpoint_dir or out / "checkpoint"), (like, opt_state))
+    if loaded is None:
+        raise common.cli.UserError(f"no checkpoint in {checkpoint_dir or out / 'checkpoint'}")
+    (model, _), _ = loaded
+    final = json.loads((out / "metrics.json").read_text())["final_eval"]
+    got = {k: float(v) for k, v in task.evaluate(model).items()}
+    if any(abs(got[k] - final[k]) > 1e-6 * max(1.0, abs(final[k])) for k in final):
+        raise common.cli.UserError(f"the checkpoint gives {got}, not {out}'s {final}")
+    plot_curve(out, cfg)
+    ts, ys = times(cfg), np.asarray(ground_truth(cfg))
+    pred = np.asarray(predict(model, cfg)[0])
+    plot_trajectories(out / "trajectories.png", ts, ys, pred)
+    plot_phase(out / "phase_portrait.png", ys, pred)
+    plot_fields(out / "vector_field.png", model)
+    return sorted(p.name for p in out.glob("*.png"))
 
 
 def main(argv=None) -> dict:
@@ -173,4 +216,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli.entry(main)

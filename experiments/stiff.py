@@ -419,4 +419,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    common.cli.entry(main)

@@ -19,7 +19,7 @@ import pytest
 
 from configs.spiral import SMOKE, SpiralConfig
 from experiments import launch, spiral
-from experiments.common.loop import _optimizer_settings, make_optimizer
+from experiments.common.loop import optimizer_for
 from ode_jax.nn import MLPField
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,9 +109,7 @@ def _final_state(out: Path, cfg: SpiralConfig):
     model = MLPField(
         2, cfg.width, cfg.depth, features=features, dtype=np.float32, key=jax.random.key(0)
     )
-    opt_state = make_optimizer(*_optimizer_settings(cfg)).init(
-        eqx.filter(model, eqx.is_inexact_array)
-    )
+    opt_state = optimizer_for(cfg).init(eqx.filter(model, eqx.is_inexact_array))
     meta = json.loads((out / "checkpoint/checkpoint.json").read_text())
     state = eqx.tree_deserialise_leaves(out / "checkpoint" / meta["state_file"], (model, opt_state))
     return meta, [np.asarray(x) for x in jax.tree.leaves(eqx.filter(state, eqx.is_array))]

@@ -1,6 +1,7 @@
 """Equinox modules for neural ODEs: vector fields, time-conditioned layers and ODE blocks."""
 
 from ._block import ODEBlock as ODEBlock
+from ._block import call_field as call_field
 from ._cnf import CNF as CNF
 from ._cnf import PlanarCNFField as PlanarCNFField
 from ._cnf import divergence_exact as divergence_exact

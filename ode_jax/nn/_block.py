@@ -17,7 +17,13 @@ from ._solve import SETTINGS_FIELDS, solve_with
 DEFAULT_SETTINGS = SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3)
 
 
-def _call_field(t, y, field):
+def call_field(t, y, field):
+    """``f(t, y, args)`` for a vector field module passed as ``args``: ``field(t, y)``.
+
+    The adapter between :func:`ode_jax.odeint`'s signature and equinox fields, e.g.
+    ``ode_jax.odeint(call_field, y0, ts, field)``; the field's arrays are then ``args``, so
+    every adjoint returns their gradient.
+    """
     return field(t, y)
 
 
@@ -82,7 +88,7 @@ class ODEBlock(eqx.Module):
             return self._solve_regularised(y0, probe, key, overrides)
         ts = np.asarray([self.t0, self.t1], jnp.result_type(y0))  # numpy: known when traced
         sol = solve_with(
-            self.settings, _call_field, y0, ts, self.field, probe=probe, overrides=overrides
+            self.settings, call_field, y0, ts, self.field, probe=probe, overrides=overrides
         )
         return sol.ys[-1], sol.stats
 
@@ -100,7 +106,7 @@ class ODEBlock(eqx.Module):
             ts = jnp.stack([jnp.asarray(self.t0, dtype), t_end])
         kwargs = self.settings.kwargs() | overrides
         sol, penalties = regularised_odeint(
-            _call_field, y0, ts, self.field, regulariser=reg, key=k_probe, probe=probe, **kwargs
+            call_field, y0, ts, self.field, regulariser=reg, key=k_probe, probe=probe, **kwargs
         )
         return sol.ys[-1], {**sol.stats, "penalties": penalties}
 

@@ -28,16 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._settings import SolveSettings
+from ._block import call_field
 from ._broadcast import lift
 from ._linear import _apply
 from ._mlp import MLPField
 from ._solve import solve_with
 
 ODERNN_SETTINGS = SolveSettings(solver="rk4", dt0=0.25)  # four RK4 steps per gap
-
-
-def _call_field(t, y, field):
-    return field(t, y)
 
 
 def gaussian_kl(mean_q, logvar_q, mean_p=0.0, logvar_p=0.0):
@@ -66,7 +63,7 @@ def solve_on_union(
     ``settings`` (default ``SolveSettings()``) with ``overrides`` replacing fields.
     """
     settings = SolveSettings() if settings is None else settings
-    sol = solve_with(settings, _call_field, z0_BL, ts_T, field, probe=probe, overrides=overrides)
+    sol = solve_with(settings, call_field, z0_BL, ts_T, field, probe=probe, overrides=overrides)
     return sol.ys, sol.stats
 
 
@@ -79,7 +76,7 @@ def solve_per_sequence(
     settings = SolveSettings() if settings is None else settings
 
     def one(z0, ts):
-        sol = solve_with(settings, _call_field, z0, ts, field, probe=probe, overrides=overrides)
+        sol = solve_with(settings, call_field, z0, ts, field, probe=probe, overrides=overrides)
         return sol.ys, sol.stats
 
     return jax.vmap(one)(z0_BL, ts_BN)
