@@ -73,3 +73,8 @@ def _links():
 @pytest.mark.parametrize("page, target", list(_links()))
 def test_relative_link_exists(page, target):
     assert (page.parent / target).exists(), f"{_name(page)} links to missing {target}"
+
+
+def test_readme_stays_short():
+    """Details belong in docs/; the README is the front page."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
