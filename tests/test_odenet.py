@@ -10,7 +10,7 @@ import pytest
 
 import ode_jax
 from configs.odenet import ODENetConfig
-from experiments import nfe_study, odenet
+from experiments import nfe_study, odenet, odenet_report
 from experiments.common.cli import UserError
 from tests.test_data import write_dataset
 
@@ -94,7 +94,7 @@ def test_resnet_smoke_with_step_measurement(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| ResNet (ours"))
     assert f"{100 * metrics['test_error']:.2f}%" in row and f"{metrics['params']:,}" in row
     assert "| ResNet (paper, MNIST) | 0.41% |" in table
-    assert {p.name for p in (out / "resnet").iterdir()} == set(odenet.RUN_FILES)
+    assert {p.name for p in (out / "resnet").iterdir()} == set(odenet_report.RUN_FILES)
     assert (out / "curves.png").stat().st_size > 0
     with pytest.raises(UserError, match="no metrics.json"):
         odenet.main(["table", str(tmp_path / "data"), "--out", str(out)])
@@ -114,7 +114,7 @@ def test_bad_config_and_missing_data(tmp_path, capsys):
 def test_profile_every_model(tmp_path):
     out = tmp_path / "profile.json"
     rows = odenet.main(["profile", "--smoke", "--out", str(out)])
-    assert [r["model"] for r in rows] == list(odenet.MODELS)
+    assert [r["model"] for r in rows] == list(odenet_report.MODELS)
     assert json.loads(out.read_text()) == rows
     by = {r["model"]: r for r in rows}
     assert by["resnet"]["nfe_fwd"] == 0 and by["odenet"]["nfe_fwd"] > 0

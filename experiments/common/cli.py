@@ -117,10 +117,9 @@ def dispatch(
             return None
         raise SystemExit(f"error: unknown subcommand {argv[0]!r}\n{usage}")
     if subcommands and ("-h" in argv or "--help" in argv):
-        print(
-            "subcommands: "
-            + "; ".join(f"{prog(name, k)}: {s.help}" for k, s in subcommands.items())
-        )
+        print("subcommands:")
+        for k, sub in subcommands.items():
+            print(f"  {prog(name, k)} [--help] ...  # {sub.help}")
     return train(argv)
 
 
