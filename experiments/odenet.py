@@ -188,7 +188,7 @@ def finish(cfg: ODENetConfig, task: common.Task, result: common.TrainResult, out
     splits = load_splits(cfg.data_dir, cfg.val_size)
     test = evaluate_split(model, *splits["test"], cfg.eval_batch)
     steps_per_epoch = len(splits["train"][0]) / cfg.batch_size
-    per_step = result.timing["train_seconds"] / max(1, result.history[-1]["step"])
+    per_step = common.run.steady_seconds_per_step(result)  # compilation left out
     metrics = {
         "model": cfg.model,
         "selected_step": best["step"],

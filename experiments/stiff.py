@@ -290,13 +290,10 @@ def finish(cfg: StiffConfig, task: common.Task, result: common.TrainResult, out:
              t_obs, data["y_obs"], cfg)  # fmt: skip
     plot_loss(out / "loss.png", result.history, result.evals)
     plot_rates(out / "rates.png", result.history, cfg)
-    hist, final, timing = result.history, result.evals[-1], result.timing
+    hist, final = result.history, result.evals[-1]
     metrics = {
         "final_train_mse": final["train_mse"],
         "final_val_mse": final["val_mse"],
-        # steady-state training time: the first step (compilation) left out
-        "seconds_per_step": (timing["train_seconds"] - timing["first_step_seconds"])
-        / max(1, cfg.steps - 1),
         **{
             f"{k}_{d}_per_step": float(np.mean([r[f"{k}_{d}"] for r in hist]))
             for k in COUNTS

@@ -13,10 +13,18 @@ from . import cli, distributed, report
 from .loop import Task, TrainResult, train
 
 
+def steady_seconds_per_step(result: TrainResult) -> float:
+    """Training seconds per step without the first step (which includes compilation)."""
+    steps = result.history[-1]["step"] if result.history else 0
+    timing = result.timing
+    return (timing["train_seconds"] - timing["first_step_seconds"]) / max(1, steps - 1)
+
+
 def summarise(result: TrainResult) -> dict:
     """Timing and NFE summary of a run; experiments add their own final metrics."""
     hist = result.history
     summary = dict(result.timing, steps=hist[-1]["step"] if hist else 0)
+    summary["seconds_per_step"] = steady_seconds_per_step(result)
     for k in ("nfe_fwd", "nfe_bwd"):
         if hist and k in hist[0]:
             summary[f"{k}_per_step"] = float(np.mean([r[k] for r in hist]))
