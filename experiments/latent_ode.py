@@ -28,6 +28,7 @@ import numpy as np
 
 from configs.latent_ode import SMOKE, LatentODEConfig
 from experiments import common
+from experiments.common import report
 from ode_jax.data import sample_observation_indices
 from ode_jax.nn import LatentODE, RNNBaseline, latent_ode_elbo
 
@@ -286,26 +287,34 @@ def check_same_data(cfgs: list[LatentODEConfig]):
                 )
 
 
+VAL_COLUMNS = (
+    ("run", "run", "{}"),
+    ("model", "model", "{}"),
+    ("n_obs", "n", "{}"),
+    ("seed", "seed", "{}"),
+    ("changed", "changed from defaults", "{}"),
+    ("val_extrap", "val extrap RMSE", "{:.4f}"),
+    ("step", "at step", "{}"),
+)
+
+
 def val_summary(run_dirs) -> str:
     """A markdown table of runs (no test data): model, n, seed, the fields that differ from
     the defaults, the best validation extrapolation RMSE and its step."""
     default = json.loads(json.dumps(common.cli.config_to_dict(LatentODEConfig())))
     skip = {"out", "model", "n_obs", "seed", "progress", "fresh", "smoke"}
-    lines = ["| run | model | n | seed | changed from defaults | val extrap RMSE | at step |\n"]
-    lines.append("|---|---|---|---|---|---|---|\n")
+    rows = []
     for d in map(Path, run_dirs):
         best = common.checkpoint.read_best(d / "best")
         if best is None:  # not a finished run (or not a run folder)
             continue
         cfg = json.loads((d / "config.json").read_text())
-        diff = ", ".join(
+        changed = ", ".join(
             f"{k}={v}" for k, v in sorted(cfg.items()) if k not in skip and default.get(k) != v
         )
-        lines.append(
-            f"| {d.name} | {cfg['model']} | {cfg['n_obs']} | {cfg['seed']} | {diff or '-'} | "
-            f"{best['val_extrap']:.4f} | {best['step']} |\n"
-        )
-    return "".join(lines)
+        rows.append(dict(cfg, **best, run=d.name, changed=changed or "-"))
+    columns = [(k, head, report.number(spec)) for k, head, spec in VAL_COLUMNS]
+    return report.markdown_table(rows, columns) + "\n"
 
 
 def _table(args: common.cli.RunsArgs) -> str:
