@@ -12,12 +12,11 @@ a figure of the metric against the test NFE.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import sys
 from pathlib import Path
 
-from experiments.common import report
+from experiments.common import cli, grid, report
 
 # The short protocols (applied to every arm of a task alike) and the arms: (reg, weight, extra).
 PROTOCOLS = {
@@ -100,33 +99,35 @@ def _main_of(task: str):
     return {"odenet": odenet.main, "cnf": cnf.main, "spiral": spiral.main}[task]
 
 
-def run(argv) -> list:
+@dataclasses.dataclass(frozen=True)
+class RunArgs:
+    """``run``: every arm of the chosen tasks that has no metrics.json yet (resumable)."""
+
+    root: str = "runs/regularisation"  # runs go to ROOT/<task>/<arm>_s<seed>
+    tasks: str = "odenet,cnf,spiral"  # comma-separated subset of the tasks
+    seed: int = 0  # seed of every run
+    smoke: bool = False  # each experiment's --smoke sizes instead of the short protocol
+    runs: str = ""  # comma-separated subset of the arm names; empty: all
+
+
+def run(args: RunArgs) -> list:
     """Run every arm of the chosen tasks that has no ``metrics.json`` yet (resumable)."""
-    parser = argparse.ArgumentParser(prog="experiments.regularisation run")
-    parser.add_argument("--root", default="runs/regularisation")
-    parser.add_argument("--tasks", default="odenet,cnf,spiral")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="each experiment's --smoke sizes")
-    parser.add_argument("--runs", default="", help="comma-separated subset of the run names")
-    args = parser.parse_args(argv)
-    chosen = set(args.runs.split(",")) if args.runs else None
+    tasks = grid.subset(args.tasks, list(ARMS), "--tasks")
+    names = sorted({run_name(*arm) for task in tasks for arm in ARMS[task]})
+    chosen = grid.subset(args.runs, names, "--runs")
     done = []
-    for task in args.tasks.split(","):
-        if task not in ARMS:
-            raise SystemExit(f"error: unknown task {task!r}; tasks: {list(ARMS)}")
+    for task in tasks:
+        points = []
         for reg, weight, extra in ARMS[task]:
-            if chosen is not None and run_name(reg, weight, extra) not in chosen:
-                continue
-            out = Path(args.root) / task / f"{run_name(reg, weight, extra)}_s{args.seed}"
-            if (out / "metrics.json").exists():
-                print(f"skip {out} (metrics.json exists)", flush=True)
+            if run_name(reg, weight, extra) not in chosen:
                 continue
             flags = ["--smoke"] if args.smoke else list(PROTOCOLS[task])
             flags += ["--reg", reg, "--reg-weight", str(weight), *extra]
-            flags += ["--seed", str(args.seed), "--out", str(out), "--no-progress"]
-            print(f"run {task}: {' '.join(flags)}", flush=True)
-            _main_of(task)(flags)
-            done.append(str(out))
+            flags += ["--seed", str(args.seed), "--no-progress"]
+            points.append(
+                (Path(args.root) / task / f"{run_name(reg, weight, extra)}_s{args.seed}", flags)
+            )
+        done += grid.run_grid(points, _main_of(task))
     return done
 
 
@@ -178,37 +179,43 @@ def _order(row: dict) -> tuple:
     return (row["adjoint"] != "continuous", REGS.index(row["reg"]), row["weight"], row["seed"])
 
 
+COLUMNS = [
+    ("reg", "reg", str),
+    ("weight", "weight", report.number("{:g}")),
+    ("adjoint", "adjoint", str),
+    ("seed", "seed", report.number("{:g}")),
+    ("metric", "metric", report.number("{:.3f}")),
+    ("delta", "Δ vs none", str),
+    ("nfe_fwd_test", "NFE fwd test", report.number("{:.1f}")),
+    ("ratio", "× none", str),
+    ("nfe_train", "NFE fwd / bwd train", str),
+    ("train_seconds", "train s", report.number("{:.0f}")),
+]
+
+
 def markdown(rows: list[dict]) -> str:
-    lines = []
+    tables = []
     for task in ARMS:
         sub = sorted((r for r in rows if r["task"] == task), key=_order)
         if not sub:
             continue
         base = {(r["adjoint"], r["seed"]): r for r in sub if r["reg"] == "none"}
-        lines += [
-            f"**{LABELS[task]}**\n\n",
-            "| reg | weight | adjoint | seed | metric | Δ vs none | NFE fwd test | × none | "
-            "NFE fwd / bwd train | train s |\n",
-            "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
-        ]
+        scale = 100.0 if task == "odenet" else 1.0  # the ODE-Net's error in %
+        lines = []
         for r in sub:
             # Against the unregularised run with the same adjoint and seed; † where there is
             # none (then against the continuous-adjoint one).
             b, mark = base.get((r["adjoint"], r["seed"])), ""
             if b is None:
                 b, mark = base.get(("continuous", r["seed"])), " †"
-            scale = 100.0 if task == "odenet" else 1.0
             delta = "–" if b is None else f"{scale * (r['metric'] - b['metric']):+.3f}{mark}"
             ratio = "–" if b is None else f"{r['nfe_fwd_test'] / b['nfe_fwd_test']:.2f}{mark}"
+            train = f"{r['nfe_fwd_train']:.1f} / {r['nfe_bwd_train']:.1f}"
             lines.append(
-                f"| {r['reg']} | {r['weight']:g} | {r['adjoint']} | {r['seed']} | "
-                f"{scale * r['metric']:.3f} | "
-                f"{delta} | {r['nfe_fwd_test']:.1f} | {ratio} | "
-                f"{r['nfe_fwd_train']:.1f} / {r['nfe_bwd_train']:.1f} | "
-                f"{r['train_seconds']:.0f} |\n"
+                dict(r, metric=scale * r["metric"], delta=delta, ratio=ratio, nfe_train=train)
             )
-        lines.append("\n")
-    return "".join(lines)
+        tables.append(f"**{LABELS[task]}**\n\n{report.markdown_table(lines, COLUMNS)}\n\n")
+    return "".join(tables)
 
 
 def plot(path, rows: list[dict]):
@@ -243,10 +250,12 @@ def plot(path, rows: list[dict]):
 
 
 def write_table(root, out) -> str:
-    root, out = Path(root), Path(out)
-    rows = collect(root)
+    root = grid.require_folder(
+        root, "run the arms first (python -m experiments.regularisation run)"
+    )
+    rows, out = collect(root), Path(out)
     if not rows:
-        raise SystemExit(f"error: no finished runs under {root}/<task>/<run>/metrics.json")
+        raise cli.UserError(f"no finished runs under {root}/<task>/<run>/metrics.json")
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / "metrics.json", rows)
     table = markdown(rows)
@@ -255,20 +264,29 @@ def write_table(root, out) -> str:
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class TableArgs:
+    root: str = "runs/regularisation"  # the arms' runs (ROOT/<task>/<arm>_s<seed>)
+    out: str = "results/regularisation"  # folder for metrics.json, table.md, metric_vs_nfe.png
+
+
+def _table(args: TableArgs) -> str:
+    table = write_table(args.root, args.out)
+    print(table)
+    return table
+
+
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["run"]:
-        return run(argv[1:])
-    if argv[:1] == ["table"]:
-        parser = argparse.ArgumentParser(prog="experiments.regularisation table")
-        parser.add_argument("--root", default="runs/regularisation")
-        parser.add_argument("--out", default="results/regularisation")
-        args = parser.parse_args(argv[1:])
-        table = write_table(args.root, args.out)
-        print(table)
-        return table
-    raise SystemExit("usage: python -m experiments.regularisation {run,table} ...")
+    return cli.dispatch(
+        "regularisation",
+        argv,
+        None,
+        {
+            "run": cli.Subcommand(RunArgs, run, "run the arms of the chosen tasks"),
+            "table": cli.Subcommand(TableArgs, _table, "table and figure of finished runs"),
+        },
+    )
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

@@ -12,6 +12,7 @@ import pytest
 import ode_jax
 from configs.cnf import CNFConfig
 from experiments import cnf as cnf_experiment
+from experiments.common.cli import UserError
 from ode_jax import data, nn
 
 KEY = jax.random.key(0)
@@ -258,5 +259,13 @@ def test_smoke_grid_and_table(tmp_path):
     assert {"metrics.json", "metrics.csv", "table.md", "density_matching.png"} <= {
         p.name for p in out.iterdir()
     }
-    with pytest.raises(SystemExit, match="--data"):
+    # The figures alone, from the same runs; user mistakes are one-line errors.
+    assert cnf_experiment.main(["figures", "--root", str(root), "--out", str(out)]) == [
+        "density_matching.png"
+    ]
+    with pytest.raises(UserError, match="--data: unknown U9; choose from U1"):
         cnf_experiment.main(["grid", "density", "--data", "U9"])
+    with pytest.raises(UserError, match="--runs: unknown cnf9"):
+        cnf_experiment.main(["grid", "mle", "--runs", "cnf9"])
+    with pytest.raises(UserError, match="no folder"):
+        cnf_experiment.main(["table", "--root", str(tmp_path / "none"), "--out", str(out)])

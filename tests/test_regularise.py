@@ -296,7 +296,7 @@ def test_config_flags():
 def test_study_runner_smoke_and_table(tmp_path):
     from experiments import regularisation
 
-    regularisation.run(["--root", str(tmp_path / "runs"), "--tasks", "spiral", "--smoke"])
+    regularisation.main(["run", "--root", str(tmp_path / "runs"), "--tasks", "spiral", "--smoke"])
     regularisation.main(["table", "--root", str(tmp_path / "runs"), "--out", str(tmp_path / "o")])
     rows = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert len(rows) == len(regularisation.ARMS["spiral"])
@@ -304,3 +304,17 @@ def test_study_runner_smoke_and_table(tmp_path):
     keys |= {"nfe_fwd_train", "nfe_bwd_train", "train_seconds"}
     assert all(keys <= set(r) for r in rows)
     assert (tmp_path / "o" / "metric_vs_nfe.png").exists()
+
+
+def test_study_runner_user_errors(tmp_path):
+    from experiments import regularisation
+    from experiments.common.cli import UserError
+
+    with pytest.raises(UserError, match="--tasks: unknown ode; choose from odenet,cnf,spiral"):
+        regularisation.main(["run", "--root", str(tmp_path), "--tasks", "ode"])
+    with pytest.raises(UserError, match="--runs: unknown kinetic_7"):
+        regularisation.main(["run", "--tasks", "spiral", "--runs", "kinetic_7"])
+    with pytest.raises(UserError, match="no folder"):
+        regularisation.main(["table", "--root", str(tmp_path / "none")])
+    with pytest.raises(UserError, match="no finished runs"):
+        regularisation.main(["table", "--root", str(tmp_path), "--out", str(tmp_path / "o")])
