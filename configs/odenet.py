@@ -90,7 +90,9 @@ SMOKE = dict(
 class NFEStudyConfig:
     """Figure 3 on a trained ODE-Net: NFE against tolerance, wall time, backward NFE, training."""
 
-    run: str = "runs/odenet"  # an experiments.odenet run folder (its config and checkpoint)
+    # an experiments.odenet run folder (its config and checkpoint); with --smoke and no run
+    # there, a --smoke ODE-Net is trained first in OUT/smoke_odenet_run
+    run: str = "runs/odenet"
     out: str = "results/nfe_study"  # folder for the CSV and PNG files
     tols: tuple[float, ...] = (1e-1, 3e-2, 1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)  # rtol = atol
     ref_tol: float = 1e-7  # tolerance of the reference solve the error is measured against

@@ -23,6 +23,7 @@ import tyro
 
 import ode_jax
 from configs.odenet import NFE_SMOKE, NFEStudyConfig
+from experiments import odenet
 from experiments.common import cli, report
 from experiments.common.images import cross_entropy, load_splits, to_float
 from experiments.odenet import load_config, load_model
@@ -177,6 +178,10 @@ def study(argv) -> list[dict]:
     default = NFEStudyConfig(smoke=True, **NFE_SMOKE) if "--smoke" in argv else NFEStudyConfig()
     cfg = tyro.cli(NFEStudyConfig, default=default, args=argv, prog=cli.prog("nfe_study"))
     run, out = Path(cfg.run), Path(cfg.out)
+    if cfg.smoke and not (run / "config.json").exists():  # a fresh machine: make a tiny run
+        run = out / "smoke_odenet_run"
+        print(f"--smoke: no odenet run in {cfg.run}; training a --smoke one in {run} first")
+        odenet.main(["--smoke", "--out", str(run), "--no-progress"])
     model, run_cfg = load_model(run)
     if run_cfg.model == "resnet":
         raise cli.UserError(f"{run} holds a ResNet; the NFE study needs an ODE-Net or RK-Net run")

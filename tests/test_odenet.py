@@ -52,25 +52,28 @@ def test_random_crop_shifts_with_zero_fill():
     assert values <= set(range(17)) and len({np.asarray(o).tobytes() for o in out}) > 1
 
 
-def test_smoke_runs_without_a_dataset(tmp_path, capsys):
-    """--smoke trains on generated stand-in images and says so; the NFE study reads the run."""
-    run = tmp_path / "run"
-    metrics = odenet.main(["--smoke", "--out", str(run), "--no-progress"])
-    assert "generated stand-in images" in capsys.readouterr().out
+def test_smoke_runs_without_a_dataset_or_a_run(tmp_path, capsys):
+    """On a fresh machine, nfe_study --smoke trains a --smoke ODE-Net (on generated stand-in
+    images, and says so) and runs the study on it."""
+    out = tmp_path / "nfe"
+    rows = nfe_study.main(["--smoke", "--run", str(tmp_path / "absent"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "training a --smoke one" in printed and "generated stand-in images" in printed
+    run = out / "smoke_odenet_run"
+    metrics = json.loads((run / "metrics.json").read_text())
     assert 0 <= metrics["test_error"] <= 1 and metrics["params"] > 0
     assert metrics["nfe_fwd_per_step"] > 0 and metrics["nfe_bwd_per_step"] > 0
     assert metrics["epoch_seconds"] > 0
     assert {"val_error", "val_nfe"} <= set(metrics["final_eval"])
     assert json.loads((run / "best/best.json").read_text())["val_error"] == metrics["val_error"]
 
-    out = tmp_path / "nfe"
-    rows = nfe_study.main(["--smoke", "--run", str(run), "--out", str(out)])
     assert [r["tol"] for r in rows] == [1e-1, 1e-2]
     assert all(r["nfe_fwd"] > 0 and r["nfe_bwd"] > 0 and r["nfe_bwd_seminorm"] > 0 for r in rows)
     assert {p.name for p in out.iterdir()} == {
         "tolerance_sweep.csv",
         "training_nfe.csv",
         "nfe_study.png",
+        "smoke_odenet_run",
     }
     (out / "nfe_study.png").unlink()
     nfe_study.main(["plot", "--run", str(run), "--out", str(out)])  # redraw from the CSV files
@@ -107,7 +110,7 @@ def test_bad_config_and_missing_data(tmp_path, capsys):
     with pytest.raises(UserError, match="--data-dir: no data folder .*apt-get.*--smoke"):
         odenet.main(["--smoke", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path)])
     with pytest.raises(UserError, match="not an odenet run folder.*python -m experiments.odenet"):
-        nfe_study.main(["--smoke", "--run", str(tmp_path / "none"), "--out", str(tmp_path)])
+        nfe_study.main(["--run", str(tmp_path / "none"), "--out", str(tmp_path)])
 
 
 @pytest.mark.slow  # compiles three training steps (~30 s)
