@@ -23,7 +23,6 @@ block has batch 32 (not 128) so that its float64 reference stays affordable. The
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -42,6 +41,7 @@ import numpy as np
 
 import ode_jax
 
+from . import cli
 from .measure import _aot, interleaved_medians, markdown_table, number, rss_peak_delta_mb
 from .problems import Problem, make_mlp, make_odenet, make_spiral
 from .run import machine_description
@@ -384,25 +384,46 @@ same for the discrete adjoint of plain dopri5 at the same tolerance and dtype, f
 """
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--cases", default="mlp,odenet,spiral", help="comma list of mlp,odenet,spiral")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma list of " + str(METHODS))
-    p.add_argument("--couplings", default=",".join(map(str, COUPLINGS)), help="stability sweep")
-    p.add_argument("--sweep-cases", default="spiral,mlp", help="problems of the stability sweep")
-    p.add_argument("--rounds", type=int, default=7, help="timed rounds per method")
-    p.add_argument("--sample-s", type=float, default=0.1, help="seconds per timed sample (min)")
-    p.add_argument("--quick", action="store_true", help="small problems, 3 rounds")
-    p.add_argument(
-        "--training", default="results/adjoint_study", help="folder of spiral runs ('' = none)"
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Exact gradients at O(1) memory: the reversible adjoint against the other adjoints.
+
+    List flags take names or numbers separated by commas or spaces (``--cases mlp,spiral``).
+    """
+
+    cases: tuple[str, ...] = ("mlp", "odenet", "spiral")  # of mlp, odenet, spiral
+    # of ode_jax-continuous, ode_jax-discrete, ode_jax-reversible, diffrax-rca, diffrax-backsolve
+    methods: tuple[str, ...] = tuple(METHODS)
+    couplings: tuple[str, ...] = tuple(map(str, COUPLINGS))  # of the stability sweep
+    sweep_cases: tuple[str, ...] = ("spiral", "mlp")  # problems of the stability sweep
+    rounds: int = 7  # timed rounds per method
+    sample_s: float = 0.1  # seconds per timed sample (min)
+    quick: bool = False  # small problems, 3 rounds
+    training: str = "results/adjoint_study"  # folder of spiral runs ('' = none)
+    out: str = "benchmarks/adjoint_study.md"  # report ('' = none)
+
+    def __post_init__(self):
+        if self.rounds < 1 or not self.sample_s >= 0:
+            raise cli.UserError("--rounds must be >= 1 and --sample-s >= 0")
+
+
+def parse_args(argv=None) -> Args:
+    """The flags, checked, with the lists split (``--cases a,b`` -> ``("a", "b")``)."""
+    args = cli.parse(Args, argv, "adjoint_study")
+    args = dataclasses.replace(
+        args,
+        cases=tuple(cli.names(args.cases, list(REFERENCE), "--cases")),
+        sweep_cases=tuple(cli.names(args.sweep_cases, list(REFERENCE), "--sweep-cases")),
+        methods=tuple(cli.names(args.methods, list(METHODS), "--methods")),
+        couplings=tuple(map(str, cli.numbers(args.couplings, "--couplings"))),
     )
-    p.add_argument("--out", default="benchmarks/adjoint_study.md", help="report ('' = none)")
-    args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.sample_s = min(args.rounds, 3), min(args.sample_s, 0.01)
-    for m in args.methods.split(","):
-        if m not in METHODS:
-            p.error(f"unknown method {m!r}; choose from {list(METHODS)}")
+        args = dataclasses.replace(
+            args, rounds=min(args.rounds, 3), sample_s=min(args.sample_s, 0.01)
+        )
+    if args.training and not Path(args.training).is_dir():
+        raise cli.UserError(f"--training {args.training}: no such folder ('' = no training table)")
+    cli.writable(args.out)
     return args
 
 
@@ -416,9 +437,8 @@ def main(argv=None) -> str:
         print(msg, file=sys.stderr, flush=True)
 
     problems = study_problems(args.quick)
-    cases = [c for c in args.cases.split(",") if c]
-    sweep_cases = [c for c in args.sweep_cases.split(",") if c]
-    couplings = [float(c) for c in args.couplings.split(",") if c]
+    cases, sweep_cases = list(args.cases), list(args.sweep_cases)
+    couplings = [float(c) for c in args.couplings]
     refs, sections, exact_rows, sweep_rows = {}, [], [], []
     for case in dict.fromkeys(cases + sweep_cases):
         problem = problems[case]
@@ -434,7 +454,7 @@ def main(argv=None) -> str:
         )
         if case in cases:
             rows, dtmax = compare_methods(
-                problem, args.methods.split(","), refs[case], args.rounds, args.sample_s, log
+                problem, list(args.methods), refs[case], args.rounds, args.sample_s, log
             )
             sections.append(
                 f"### {problem.title}\n\n{markdown_table(rows, METHOD_COLUMNS)}\n\n{ref_line} "
@@ -497,4 +517,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

@@ -16,11 +16,13 @@ loop (once per call). See docs/scaling.md for what the numbers mean.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import re
 import sys
 from collections import Counter
+
+import tyro
 
 COLLECTIVES = (
     "all-reduce",
@@ -174,13 +176,28 @@ def _compiled_text(fn, args) -> str:
     return getattr(compiled, "compiled", compiled).as_text()  # eqx.filter_jit wraps jax's
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=2, help="forced CPU devices (2)")
-    parser.add_argument("--shapes", action="store_true", help="list every op's result shape")
-    args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """What a batch-sharded solve communicates: collectives in the compiled HLO, by loop."""
+
+    devices: int = 2  # forced CPU devices (set before JAX starts)
+    shapes: bool = False  # list every op's result shape
+
+
+def parse_args(argv=None) -> Args:
+    """The flags, checked. Mistakes exit with one ``error:`` line here rather than through
+    ``experiments.common.cli.entry``: importing that package starts JAX, and the device count
+    has to be set before JAX starts."""
+    args = tyro.cli(Args, args=argv, prog="python -m benchmarks.comm_count")
+    if args.devices < 1:
+        raise SystemExit(f"error: --devices must be >= 1, got {args.devices}")
     if "jax" in sys.modules:
-        raise SystemExit("run as a fresh process: the device count is set before JAX starts")
+        raise SystemExit("error: run as a fresh process: the device count is set before JAX starts")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     )

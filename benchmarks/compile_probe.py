@@ -11,7 +11,7 @@ field's own work appears (its dot products, counted as ``dot``/``convolution`` i
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import re
 import sys
 import time
@@ -20,6 +20,7 @@ import warnings
 import jax
 import numpy as np
 
+from . import cli
 from .methods import JAX_METHODS
 from .run import PROBLEMS, _rotated
 
@@ -88,26 +89,32 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Where compile time goes: trace, lower and XLA compile apart, and the program's size.
+
+    List flags take names separated by commas or spaces (``--cases mlp,odenet``).
+    """
+
+    cases: tuple[str, ...] = ("mlp", "odenet")  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
+    # of ode_jax-discrete, ode_jax-continuous, diffrax-rca, diffrax-backsolve,
+    # jax.experimental.ode; all: every one
+    methods: tuple[str, ...] = ("ode_jax-continuous", "jax.experimental.ode")
+    compiles: int = 5  # timed compilations per function
+    quick: bool = False  # small problems (for tests)
+
+    def __post_init__(self):
+        if self.compiles < 1:
+            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
+
+
 def main(argv=None):
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--cases", default="mlp,odenet", help=f"comma list of {sorted(PROBLEMS)}")
-    p.add_argument(
-        "--methods",
-        default="ode_jax-continuous,jax.experimental.ode",
-        help=f"comma list of {list(JAX_METHODS)}",
-    )
-    p.add_argument("--compiles", type=int, default=5, help="timed compilations per function")
-    p.add_argument("--quick", action="store_true", help="small problems (for tests)")
-    args = p.parse_args(argv)
-    methods = args.methods.split(",")
-    for m in methods:
-        if m not in JAX_METHODS:
-            sys.exit(f"unknown method {m!r}; choose from {list(JAX_METHODS)}")
+    args = cli.parse(Args, argv, "compile_probe")
+    cases = cli.names(args.cases, list(PROBLEMS), "--cases")
+    methods = cli.names(args.methods, list(JAX_METHODS), "--methods")
     out = []
-    for case in args.cases.split(","):
-        if case not in PROBLEMS:
-            sys.exit(f"unknown case {case!r}; choose from {sorted(PROBLEMS)}")
+    for case in cases:
         problem = PROBLEMS[case](quick=args.quick)
         print(f"### {problem.title}", file=sys.stderr, flush=True)
         rows = probe_case(problem, methods, args.compiles, lambda s: print(s, file=sys.stderr))
@@ -119,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

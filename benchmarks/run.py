@@ -11,7 +11,7 @@ Everything runs in one process; see benchmarks/measure.py for what each column m
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import math
 import os
@@ -22,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from . import train_step
+from . import cli, train_step
 from .measure import (
     jax_runner,
     jax_unit_costs,
@@ -40,50 +40,49 @@ from .problems import PROBLEMS
 TARGETS = {"fwd": 1.0, "grad": 0.8, "compile_grad": 1.0, "vs_torch_grad": 1.0, "overhead": 1.2}
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument(
-        "--cases",
-        default="mlp,mlp_eqx,odenet,odenet_plain,spiral,train",
-        help="comma list of " + str([*PROBLEMS, "train"]) + " (train: benchmarks/train_step.py)",
-    )
-    p.add_argument(
-        "--methods",
-        default="all",
-        help="comma list of " + ", ".join([*JAX_METHODS, *TORCH_METHODS]) + " (default all)",
-    )
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds per case (max)")
-    p.add_argument(
-        "--sample-s",
-        type=float,
-        default=0.1,
-        help="each timed sample repeats a call back to back for at least this many seconds",
-    )
-    p.add_argument(
-        "--budget", type=float, default=90.0, help="seconds of timing per case (caps repeats)"
-    )
-    p.add_argument(
-        "--compiles",
-        type=int,
-        default=None,
-        help="interleaved compilations per JAX method, median reported (default 3; --quick: 1)",
-    )
-    p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds, 8 s per case")
-    p.add_argument("--no-torch", action="store_true", help="skip torchdiffeq")
-    p.add_argument("--no-nfe", action="store_true", help="skip NFE counting (saves compiles)")
-    p.add_argument("--out", default="benchmarks/results.md", help="markdown report ('' = none)")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.repeats = min(args.repeats, 3)
-        args.budget = min(args.budget, 8.0)
-        args.sample_s = min(args.sample_s, 0.01)
-    if args.compiles is None:
-        args.compiles = 1 if args.quick else 3
-    if args.repeats < 1 or args.compiles < 1:
-        p.error("--repeats and --compiles must be >= 1")
-    if not args.sample_s >= 0:
-        p.error(f"--sample-s must be >= 0, got {args.sample_s}")
-    return args
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Side-by-side speed/memory benchmark: ode_jax vs diffrax, jax.experimental.ode, torchdiffeq.
+
+    List flags take names separated by commas or spaces (``--cases mlp,odenet``); the report's
+    columns are explained in benchmarks/measure.py.
+    """
+
+    # of mlp, mlp_eqx, odenet, odenet_plain, spiral, train (train: benchmarks/train_step.py)
+    cases: tuple[str, ...] = ("mlp", "mlp_eqx", "odenet", "odenet_plain", "spiral", "train")
+    # of ode_jax-discrete, ode_jax-continuous, diffrax-rca, diffrax-backsolve,
+    # jax.experimental.ode, torchdiffeq, torchdiffeq-adjoint; all: every one
+    methods: tuple[str, ...] = ("all",)
+    repeats: int = 7  # timed rounds per case (max)
+    sample_s: float = 0.1  # each timed sample repeats a call back to back for >= this many s
+    budget: float = 90.0  # seconds of timing per case (caps repeats)
+    compiles: int = 0  # interleaved compilations per JAX method, median reported (0: 3, quick 1)
+    quick: bool = False  # small sizes, 3 rounds, 8 s per case
+    torch: bool = True  # run torchdiffeq (--no-torch: skip it)
+    nfe: bool = True  # count NFEs (--no-nfe: skip, saves compiles)
+    out: str = "benchmarks/results.md"  # markdown report ('' = none)
+
+    def __post_init__(self):
+        if self.repeats < 1 or self.compiles < 0:
+            raise cli.UserError("--repeats must be >= 1 and --compiles >= 0 (0: the default)")
+        if not self.sample_s >= 0:
+            raise cli.UserError(f"--sample-s must be >= 0, got {self.sample_s}")
+
+    def resolved(self) -> Args:
+        """``--quick``'s caps applied and the compile count filled in."""
+        if not self.quick:
+            return dataclasses.replace(self, compiles=self.compiles or 3)
+        return dataclasses.replace(
+            self,
+            repeats=min(self.repeats, 3),
+            budget=min(self.budget, 8.0),
+            sample_s=min(self.sample_s, 0.01),
+            compiles=self.compiles or 1,
+        )
+
+
+def parse_args(argv=None) -> Args:
+    return cli.parse(Args, argv, "run").resolved()
 
 
 def _median_ms(xs):
@@ -104,7 +103,7 @@ def run_case(problem, methods, args, log):
     for name in methods:
         log(f"  compiling {name} ...")
         if name in JAX_METHODS:
-            runners.append(jax_runner(name, problem, count_nfe=not args.no_nfe))
+            runners.append(jax_runner(name, problem, count_nfe=args.nfe))
         else:
             runners.append(torch_runner(name, problem))
     for i in range(1, args.compiles):
@@ -253,16 +252,13 @@ def main(argv=None):
     args = parse_args(argv)
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
-    for c in cases:
-        if c not in PROBLEMS and c != "train":
-            sys.exit(f"unknown case {c!r}; choose from {[*sorted(PROBLEMS), 'train']}")
-    methods = [*JAX_METHODS, *TORCH_METHODS] if args.methods == "all" else args.methods.split(",")
-    for m in methods:
-        if m not in JAX_METHODS and m not in TORCH_METHODS:
-            sys.exit(f"unknown method {m!r}; choose from {[*JAX_METHODS, *TORCH_METHODS]}")
-    if args.no_torch or not torch_available():
+    cases = cli.names(args.cases, [*PROBLEMS, "train"], "--cases")
+    methods = cli.names(args.methods, [*JAX_METHODS, *TORCH_METHODS], "--methods")
+    cli.writable(args.out)
+    if not args.torch or not torch_available():
         methods = [m for m in methods if m not in TORCH_METHODS]
+    if not methods:
+        raise cli.UserError("no method left to run: see --methods and --no-torch")
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -275,7 +271,7 @@ def main(argv=None):
                 methods=methods,
                 repeats=args.repeats,
                 budget_s=args.budget,
-                count_nfe=not args.no_nfe,
+                count_nfe=args.nfe,
                 log=log,
             )
             print(text, flush=True)
@@ -328,4 +324,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

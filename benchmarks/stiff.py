@@ -13,9 +13,10 @@ stepping, so its times are per solve in the interpreter.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -24,6 +25,7 @@ import numpy as np
 
 import ode_jax
 
+from . import cli
 from .stiff_problems import PROBLEMS
 
 jax.config.update("jax_enable_x64", True)
@@ -130,23 +132,38 @@ def table(rows):
     return "\n".join(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Stiff problems side by side: ode_jax's implicit solvers against diffrax and scipy.
+
+    ``--problems`` takes names separated by commas or spaces.
+    """
+
+    out: str = ""  # write the markdown report here ('' = none)
+    repeats: int = 5  # timed repeats per method
+    problems: tuple[str, ...] = tuple(PROBLEMS)  # of robertson, van_der_pol, hires
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise cli.UserError(f"--repeats must be >= 1, got {self.repeats}")
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=None, help="write the markdown report here")
-    ap.add_argument("--repeats", type=int, default=5, help="timed repeats per method")
-    ap.add_argument("--problems", default=",".join(PROBLEMS), help="comma-separated names")
-    args = ap.parse_args(argv)
+    args = cli.parse(Args, argv, "stiff")
+    problems = cli.names(args.problems, list(PROBLEMS), "--problems")
+    cli.writable(args.out)
+    command = " ".join(sys.argv[1:] if argv is None else argv)
     parts = [
         "# Stiff problems: ode_jax vs diffrax Kvaerno5 vs scipy",
         "",
-        "Command: `python -m benchmarks.stiff --out benchmarks/stiff.md`  ",
+        f"Command: `python -m benchmarks.stiff {command}`  ",
         f"Date: {time.strftime('%Y-%m-%dT%H:%M')}  ",
         f"Machine: {platform.processor() or platform.machine()}, JAX {jax.__version__} on "
         f"{jax.default_backend()}; load average at start "
         f"{tuple(round(x, 1) for x in os.getloadavg())}.",
         "",
     ]
-    for name in args.problems.split(","):
+    for name in problems:
         p = PROBLEMS[name]
         rows = [ode_jax_row(p, m, args.repeats, scale) for m, scale in OURS]
         rows.append(diffrax_row(p, args.repeats))
@@ -161,4 +178,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

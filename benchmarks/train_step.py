@@ -18,7 +18,6 @@ parameters restored and the momentum buffer cleared first), so every call does t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -34,6 +33,7 @@ import ode_jax
 from configs.odenet import ODENetConfig
 from experiments.odenet import make_model
 
+from . import cli
 from .measure import markdown_table, number, pick_torch_threads, rss_peak_delta_mb
 from .methods import counting, torch_available
 
@@ -574,25 +574,42 @@ def target_lines(rows) -> list[str]:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """(d) One full training step of the ODE-Net of Table 1, every library on the same weights.
+
+    List flags take names separated by commas or spaces.
+    """
+
+    quick: bool = False  # batch 8, width 16, 3 rounds, 8 s of timing
+    # of ode_jax-continuous, ode_jax-discrete, diffrax-rca, diffrax-backsolve,
+    # torchdiffeq-adjoint, torchdiffeq; all: every one
+    methods: tuple[str, ...] = ("all",)
+    repeats: int = 7  # timed rounds (max)
+    budget: float = 120.0  # seconds of timing (caps rounds)
+    torch: bool = True  # run torchdiffeq (--no-torch: skip it)
+    nfe: bool = True  # count NFEs (--no-nfe: skip)
+    out: str = ""  # markdown file to write ('' = none)
+
+    def __post_init__(self):
+        if self.repeats < 1:
+            raise cli.UserError(f"--repeats must be >= 1, got {self.repeats}")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="batch 8, width 16, 3 rounds")
-    p.add_argument("--methods", default="all", help="comma list (default all)")
-    p.add_argument("--repeats", type=int, default=7, help="timed rounds (max)")
-    p.add_argument("--budget", type=float, default=120.0, help="seconds of timing (caps rounds)")
-    p.add_argument("--no-torch", action="store_true")
-    p.add_argument("--no-nfe", action="store_true", help="skip NFE counting")
-    p.add_argument("--out", default="", help="markdown file to write ('' = none)")
-    args = p.parse_args(argv)
-    methods = None if args.methods == "all" else args.methods.split(",")
-    if args.no_torch:
-        methods = [m for m in (methods or JAX_STEP_METHODS) if m not in TORCH_STEP_METHODS]
+    args = cli.parse(Args, argv, "train_step")
+    methods = cli.names(args.methods, [*JAX_STEP_METHODS, *TORCH_STEP_METHODS], "--methods")
+    if not args.torch:
+        methods = [m for m in methods if m not in TORCH_STEP_METHODS]
+    if not methods:
+        raise cli.UserError("no method left to run: see --methods and --no-torch")
+    cli.writable(args.out)
     text, checks, _ = run_section(
         quick=args.quick,
         methods=methods,
         repeats=min(args.repeats, 3) if args.quick else args.repeats,
         budget_s=min(args.budget, 8.0) if args.quick else args.budget,
-        count_nfe=not args.no_nfe,
+        count_nfe=args.nfe,
     )
     report = text + "\n" + "\n".join(checks) + "\n"
     print(report)
@@ -603,4 +620,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.entry(main)

@@ -14,7 +14,7 @@ cluster's launcher (docs/scaling.md).
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import os
 import signal
 import socket
@@ -23,6 +23,11 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Annotated
+
+import tyro
+
+from experiments.common.cli import UserError, entry
 
 TIMEOUT_STATUS = 124  # as coreutils `timeout`
 
@@ -112,28 +117,37 @@ def _report(message: str):
     print(f"[launch] {message}", file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Run COMMAND as N local processes of one multi-process JAX run: the flags first, then
+    ``-- COMMAND...`` (e.g. ``-n 2 -- python -m experiments.spiral --smoke``)."""
+
+    num_processes: Annotated[int, tyro.conf.arg(aliases=("-n",))] = 2  # processes
+    cpu_devices_per_process: int = 0  # CPU devices each (0: JAX's own)
+    timeout: float = 0  # seconds, 0: none
+    # the command each process runs, after -- (so that its own flags are not read here)
+    command: tyro.conf.Positional[
+        Annotated[tuple[str, ...], tyro.conf.arg(metavar="COMMAND...")]
+    ] = ()
+
+    def __post_init__(self):
+        if not self.command:
+            raise UserError("give the command after --, e.g. -- python -m experiments.spiral")
+        if self.num_processes < 1:
+            raise UserError(f"--num-processes must be >= 1, got {self.num_processes}")
+        if self.cpu_devices_per_process < 0 or self.timeout < 0:
+            raise UserError("--cpu-devices-per-process and --timeout must be >= 0")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Args:
+    return tyro.cli(Args, args=argv, prog="python -m experiments.launch")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m experiments.launch",
-        description="Run COMMAND as N local processes of one multi-process JAX run.",
-        usage="%(prog)s [-h] [--num-processes N] [--cpu-devices-per-process K] "
-        "[--timeout S] -- COMMAND...",
-    )
-    parser.add_argument("--num-processes", "-n", type=int, default=2, help="processes (2)")
-    parser.add_argument(
-        "--cpu-devices-per-process", type=int, default=0, help="CPU devices each (0: JAX's own)"
-    )
-    parser.add_argument("--timeout", type=float, default=0, help="seconds, 0: none (0)")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        parser.error("give the command to run after --")
-    if args.num_processes < 1:
-        parser.error("--num-processes must be >= 1")
+    args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminated)  # a terminated launcher stops its processes too
     return launch(
-        command,
+        args.command,
         args.num_processes,
         cpu_devices=args.cpu_devices_per_process,
         timeout=args.timeout,
@@ -141,4 +155,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry(lambda: sys.exit(main()))

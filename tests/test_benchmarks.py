@@ -57,3 +57,56 @@ def test_compile_probe_reports_steps_and_program_size():
     for row in rows:
         trace, lower, compile_s, total, instructions = row.split("|")[3:8]
         assert 0 < float(compile_s) < float(total) and int(instructions) > 0
+
+
+def test_list_flags_take_commas_or_spaces_and_all():
+    from benchmarks import cli
+    from benchmarks.run import parse_args
+
+    args = parse_args(["--cases", "mlp,spiral", "--no-torch", "--no-nfe", "--quick", "--out", ""])
+    assert cli.names(args.cases, ["mlp", "spiral"], "--cases") == ["mlp", "spiral"]
+    assert (args.torch, args.nfe, args.repeats, args.compiles, args.out) == (False, False, 3, 1, "")
+    assert parse_args(["--cases", "mlp", "spiral"]).cases == ("mlp", "spiral")
+    assert cli.names(("all",), ["a", "b"], "--methods") == ["a", "b"]
+    assert cli.numbers(("1,0.9", "0.5"), "--couplings") == [1.0, 0.9, 0.5]
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("run", ["--cases", "mlp,nope"], "--cases: unknown nope; choose from mlp"),
+        ("run", ["--repeats", "0"], "--repeats must be >= 1"),
+        ("run", ["--out", "no_such_folder/results.md"], "mkdir -p no_such_folder"),
+        ("compile_probe", ["--methods", "torchdiffeq"], "--methods: unknown torchdiffeq"),
+        ("train_step", ["--methods", "torchdiffeq", "--no-torch"], "no method left to run"),
+        ("stiff", ["--problems", "robertson,vdp"], "--problems: unknown vdp"),
+        ("adjoint_study", ["--couplings", "1,x"], "--couplings: could not convert"),
+        ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
+    ],
+)
+def test_user_mistakes_are_caught_before_measuring(module, argv, message, tmp_path, monkeypatch):
+    import importlib
+
+    from benchmarks.cli import UserError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=message.replace(".", r"\.")):
+        importlib.import_module(f"benchmarks.{module}").main(argv)
+
+
+def test_a_user_mistake_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compile_probe", "--cases", "nope"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --cases: unknown nope; choose from mlp, mlp_eqx, odenet, odenet_plain, spiral"
+    ]

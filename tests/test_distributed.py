@@ -19,6 +19,7 @@ import pytest
 
 from configs.spiral import SMOKE, SpiralConfig
 from experiments import launch, spiral
+from experiments.common.cli import UserError
 from experiments.common.loop import optimizer_for
 from ode_jax.nn import MLPField
 
@@ -183,8 +184,13 @@ def test_launcher_environment():
         "1",
         "2",
     )
-    with pytest.raises(SystemExit):
+    with pytest.raises(UserError, match="command after --"):
         launch.main(["-n", "2"])  # no command
+    with pytest.raises(UserError, match="--num-processes must be >= 1"):
+        launch.main(["-n", "0", "--", "true"])
+    args = launch.parse_args(["-n", "3", "--timeout", "5", "--", "python", "-m", "x", "--out", "y"])
+    assert (args.num_processes, args.timeout) == (3, 5.0)
+    assert args.command == ("python", "-m", "x", "--out", "y")  # its flags are not read here
 
 
 def test_incomplete_multi_process_settings_fail_clearly(monkeypatch):
