@@ -325,3 +325,18 @@ def test_smoke_runs_select_on_validation_and_table_reads_test_once(tmp_path, mon
     other = _copy_run(tmp_path / "rnn_gap_s0", tmp_path / "other", noise_std=0.3)
     with pytest.raises(ValueError, match="noise_std"):
         latent_ode.main(["table", runs[0], other, "--out", str(tmp_path / "res2")])
+
+
+def test_family_fit_recovers_noise_free_spirals():
+    from experiments import latent_ode_bounds
+
+    cfg = dataclasses.replace(CFG, noise_std=0.0, n_obs=10)
+    val = latent_ode.make_split(cfg, "val")
+    x, t = (a.astype(np.float64) for a in val.observed())
+    ts = np.broadcast_to(val.ts.astype(np.float64), val.clean.shape[:2])
+    fit = latent_ode_bounds.fit_family(cfg, x, t)
+    np.testing.assert_array_equal(fit["clockwise"], val.clockwise)
+    np.testing.assert_allclose(latent_ode_bounds.family_path(cfg, fit, ts), val.clean, atol=1e-3)
+    free = latent_ode_bounds.refit_rates(cfg, fit, x, t)
+    np.testing.assert_allclose(free["b"], cfg.spiral_b, atol=1e-3)
+    np.testing.assert_allclose(free["omega"], 1.0, atol=1e-3)
