@@ -304,7 +304,7 @@ def run_grid(argv) -> list:
         for name, overrides in runs
         if name in chosen
     ]
-    return grid.run_grid(points, main)
+    return grid.run_grid(points, train)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -207,7 +207,9 @@ def plot_grid(path, rows: list[dict], task: str, names: list, datas: list) -> bo
     for ax, n in zip(axes[0], [None, *names]):
         ax.set_title("target" if n is None else _short(by[(datas[0], n)]), fontsize=9)
     what = "histogram of samples" if task == "mle" else "exp(-U)/Z"
-    title = f"target ({what}) and model densities on [-{lim:g}, {lim:g}]², seed 0"
+    metric = "test NLL" if task == "mle" else "KL(q||p)"
+    title = f"target ({what}) and model densities on [-{lim:g}, {lim:g}]², seed 0;"
+    title += f" under each model: its {metric} (nats)"
     if left_out:
         shown = ", ".join(by[next(k for k in by if k[1] == n)]["model"] for n in left_out)
         title += f"\nnot shown (not run on every target; see table.md): {shown}"
@@ -226,7 +228,7 @@ def plot_transports(path, rows: list[dict], task: str, run: str) -> bool:
     if not chosen:
         return False
     arrays = [np.load(Path(r["path"]) / "density.npz") for r in chosen]
-    n_t = len(arrays[0]["transport_ts"])
+    n_t, t1 = len(arrays[0]["transport_ts"]), float(arrays[0]["transport_ts"][0])
     fig, axes = plt.subplots(len(chosen), n_t, figsize=(1.9 * n_t + 0.4, 1.9 * len(chosen) + 0.9))
     axes = np.atleast_2d(axes)
     metric = "test_nll" if task == "mle" else "kl"
@@ -242,8 +244,9 @@ def plot_transports(path, rows: list[dict], task: str, run: str) -> bool:
         name = "NLL" if task == "mle" else "KL"
         axes[i, 0].set_ylabel(f"{row['data']}\n{name} {row[metric]:.2f}", fontsize=10)
     fig.suptitle(
-        f"{chosen[0]['model']}: N(0, I) samples (t = 1) carried to the data (t = 0), "
-        f"on [-{lim:g}, {lim:g}]²; colour: angle at t = 1",
+        f"{chosen[0]['model']}: N(0, I) samples (t = {t1:g}) carried to the data (t = 0), "
+        f"on [-{lim:g}, {lim:g}]²\ncolour: angle at t = {t1:g}; row labels: target and the "
+        f"model's {'test NLL' if task == 'mle' else 'KL(q||p)'} (nats)",
         fontsize=10,
     )
     report.save_figure(fig, path)
