@@ -216,7 +216,14 @@ def build(cfg: BouncingBallConfig) -> common.Task:
             out["drag_at_minus_10"] = drag_correction(ball, -10.0 * jnp.ones(1, DTYPE))[0]
         return out
 
-    return common.Task(lambda key: init_ball(cfg, key), get_batch, loss, evaluate, ("mse",))
+    return common.Task(
+        lambda key: init_ball(cfg, key),
+        get_batch,
+        loss,
+        evaluate,
+        ("mse",),
+        loss_label="MSE of heights (m²)",
+    )
 
 
 def finish(cfg: BouncingBallConfig, task: common.Task, result: common.TrainResult, out: Path):

@@ -159,6 +159,12 @@ def build(cfg: CNFConfig) -> common.Task:
         loss,
         evaluate,
         curve_keys=(),
+        loss_label=(
+            "KL(q || p) - log Z (nats)"
+            if cfg.task == "density"
+            else "negative log-likelihood (nats)"
+        )
+        + (" + penalty" if cfg.reg != "none" else ""),
     )
 
 

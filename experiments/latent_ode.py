@@ -246,6 +246,9 @@ def build(cfg: LatentODEConfig) -> common.Task:
         evaluate,
         curve_keys=("train_extrap", "val_extrap"),
         select="val_extrap",
+        loss_label="negative ELBO per observed coordinate"
+        if cfg.model == "latent_ode"
+        else "squared error of the next value",
     )
 
 

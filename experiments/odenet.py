@@ -104,7 +104,13 @@ def build(cfg: ODENetConfig) -> common.Task:
     # Model selection: the harness keeps the parameters with the lowest validation error so far
     # in out/best/ (finish() tests that model).
     return common.Task(
-        init_model, get_batch, loss, evaluate, curve_keys=("val_error",), select="val_error"
+        init_model,
+        get_batch,
+        loss,
+        evaluate,
+        curve_keys=("val_error",),
+        select="val_error",
+        loss_label="cross-entropy (nats)" + (" + penalty" if cfg.reg != "none" else ""),
     )
 
 

@@ -112,7 +112,10 @@ def build(cfg: SpiralConfig) -> common.Task:
             "nfe": stats["nfe"],
         }
 
-    return common.Task(init_model, get_batch, loss, evaluate, curve_keys=("mae",))
+    loss_label = "mean |error| over the windows" + (" + penalty" if reg is not None else "")
+    return common.Task(
+        init_model, get_batch, loss, evaluate, curve_keys=("mae",), loss_label=loss_label
+    )
 
 
 def finish(cfg: SpiralConfig, task: common.Task, result: common.TrainResult, out: Path) -> dict:

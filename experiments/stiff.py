@@ -154,6 +154,7 @@ def build(cfg: StiffConfig) -> common.Task:
     return common.Task(
         lambda key: initial_model(cfg), get_batch, loss, evaluate,
         curve_keys=("val_mse",), backward_stats=COUNTS,
+        loss_label="MSE of the scaled species",
     )  # fmt: skip
 
 

@@ -43,6 +43,7 @@ class Task:
             the lowest value so far is kept in ``out/best/`` (see :func:`train`).
         backward_stats: keys of :func:`ode_jax.probe_stats` logged every step as
             ``<key>_bwd`` (e.g. ``"num_jacobians"`` and ``"num_lu"`` for implicit solvers).
+        loss_label: what the loss is, with units: the training curve's y-label.
     """
 
     init_model: Callable
@@ -52,6 +53,7 @@ class Task:
     curve_keys: tuple = ()
     select: str | None = None
     backward_stats: tuple = ("nfe",)
+    loss_label: str = "training loss"
 
 
 @dataclasses.dataclass

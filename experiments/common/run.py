@@ -70,8 +70,15 @@ def main(
         return metrics
     report.write_csv(out / "history.csv", result.history)
     report.write_csv(out / "evals.csv", result.evals)
+    name = config_cls.__module__.rpartition(".")[2]
+    title = f"{name}: {cfg.model}" if hasattr(cfg, "model") else name
     report.plot_training_curve(
-        out / "training_curve.png", result.history, result.evals, task.curve_keys
+        out / "training_curve.png",
+        result.history,
+        result.evals,
+        task.curve_keys,
+        title=title,
+        loss_label=task.loss_label,
     )
     if finish is not None:
         metrics.update(finish(cfg, task, result, out))
