@@ -43,7 +43,12 @@ def central_fd(fun, x, eps=1e-6):
 
 
 @pytest.mark.parametrize("adjoint", ADJOINTS)
-@pytest.mark.parametrize("ts", [[0.1, 0.5, 1.2, 2.0], [2.0, 1.1, 0.3]], ids=["fwd", "bwd"])
+# Forward in time is also checked against diffrax and analytic gradients elsewhere: slow here.
+@pytest.mark.parametrize(
+    "ts",
+    [pytest.param([0.1, 0.5, 1.2, 2.0], marks=pytest.mark.slow), [2.0, 1.1, 0.3]],
+    ids=["fwd", "bwd"],
+)
 def test_gradients_match_finite_differences(adjoint, ts):
     ts = jnp.array(ts)
     g_y0, g_p, g_ts = jax.jit(jax.grad(loss_fn, argnums=(0, 1, 2)), static_argnames="adjoint")(
@@ -189,7 +194,10 @@ def test_adjoints_agree_and_report_backward_stats():
     assert int(bwd_cont["nfe"]) > 0 and int(bwd_cont["num_steps"]) > 0
 
 
-@pytest.mark.parametrize("checkpoints", [2, 4, 8])
+@pytest.mark.parametrize(
+    "checkpoints",
+    [2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)],
+)
 def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
     # A solve of ~50 steps stored in a handful of states must give the same gradient.
     A = jnp.array([[-0.1, 3.0], [-3.0, -0.1]])
@@ -221,7 +229,7 @@ def test_vmap_per_example_gradients(adjoint):
             np.testing.assert_allclose(a[i], b, rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_float32_gradients(adjoint):
     ts = jnp.array([0.0, 0.5, 1.0], jnp.float32)
     p32 = jax.tree.map(lambda x: x.astype(jnp.float32), P)

@@ -240,6 +240,7 @@ def test_potentials(name):
     assert data.potential(name, jnp.zeros((3, 4, 2))).shape == (3, 4)
 
 
+@pytest.mark.slow  # grid runner + table on smoke runs (~30 s); test_experiments runs --smoke
 def test_smoke_grid_and_table(tmp_path):
     root, out = tmp_path / "runs", tmp_path / "results"
     argv = ["grid", "density", "--root", str(root), "--data", "U3", "--runs", "nf2"]

@@ -22,13 +22,14 @@ def _reference(conv, t, x_NHWC):
     return out if conv.bias is None else out + conv.bias.reshape(1, 1, 1, -1)
 
 
+_slow = pytest.mark.slow  # the first two cases cover stride 1 and 2 with padding and bias
 CASES = [
     # in, out, kernel, stride, padding, bias, (H, W)
     (3, 5, 3, 1, 1, True, (6, 6)),
     (4, 2, 3, 2, 1, True, (7, 6)),  # ODE-Net downsampling: stride 2, odd size
-    (2, 3, 4, 2, 1, False, (8, 8)),
-    (3, 4, 1, 1, 0, True, (5, 4)),
-    (2, 2, 3, 1, 0, True, (5, 5)),  # no padding: the time channel is the full sum
+    pytest.param((2, 3, 4, 2, 1, False, (8, 8)), marks=_slow),
+    pytest.param((3, 4, 1, 1, 0, True, (5, 4)), marks=_slow),
+    pytest.param((2, 2, 3, 1, 0, True, (5, 5)), marks=_slow),  # no padding: t is the full sum
 ]
 
 

@@ -116,6 +116,7 @@ def _final_state(out: Path, cfg: SpiralConfig):
     return meta, [np.asarray(x) for x in jax.tree.leaves(eqx.filter(state, eqx.is_array))]
 
 
+@pytest.mark.slow  # two JAX processes training (~50 s on 2 cores)
 def test_two_processes_equal_one_process(launched):
     """The documented command (docs/scaling.md): 2 processes, each holding half of the global
     batch, end with the parameters, losses and evaluations of 1 process."""
@@ -145,6 +146,7 @@ def test_two_processes_equal_one_process(launched):
     assert not [p for p in runs[2].rglob(".*tmp*")]
 
 
+@pytest.mark.slow  # two JAX processes training (~50 s on 2 cores)
 def test_resume_two_processes(launched):
     """A 2-process run killed mid-way resumes (process 0 reads the checkpoint and broadcasts it)
     to the parameters and records of an uninterrupted one, the same on both processes."""

@@ -9,6 +9,8 @@ import pytest
 import ode_jax
 
 ADJOINTS = ["continuous", "discrete"]
+# Where the discrete variant checks the same event logic, the continuous one runs with -m slow.
+ADJOINTS_CONTINUOUS_SLOW = [pytest.param("continuous", marks=pytest.mark.slow), "discrete"]
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -105,7 +107,7 @@ def test_no_event_in_interval():
     np.testing.assert_allclose(g, 1.0, rtol=1e-10)
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_vmap_each_element_has_its_own_event(adjoint):
     h0s = jnp.array([1.0, 5.0, 20.0, 200.0])  # the last one never lands within 5 s
 
@@ -171,7 +173,7 @@ def test_dense_output_converges_at_the_interpolant_order(name, order):
     assert slope > order - 0.3, slope
 
 
-@pytest.mark.parametrize("adjoint", ADJOINTS)
+@pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
 def test_save_steps(adjoint):
     sol = ode_jax.odeint(
         _osc, jnp.array([1.0, 0.0]), [0.0, 3.0], 2.0, save_steps=True, adjoint=adjoint,
