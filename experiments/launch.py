@@ -102,6 +102,8 @@ def launch(
         _stop(procs)
         for t in threads:
             t.join(timeout=5)
+        for p in procs:  # the output pipes, read to the end by the threads
+            p.stdout.close()
     if status == 0:
         status = next((p.returncode for p in procs if p.returncode), 0)
         if status:

@@ -47,7 +47,7 @@ def _lower_rows(a, s, name):
                 f"method; nonzero entries on or above the diagonal: "
                 f"{[tuple(ij) for ij in np.argwhere(np.triu(full) != 0)]}"
             )
-        return ((),) + tuple(tuple(full[i, :i]) for i in range(1, s))
+        return ((),) + tuple(tuple(float(x) for x in full[i, :i]) for i in range(1, s))
     if len(rows) == s - 1:
         rows = [[]] + rows
     if len(rows) != s:

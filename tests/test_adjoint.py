@@ -221,7 +221,7 @@ def test_vmap_per_example_gradients(adjoint):
     mlp, _, ts = _mlp_problem()
     y0s = jax.random.normal(jax.random.PRNGKey(2), (3, 3))
     per_example = eqx.filter_jit(
-        jax.vmap(eqx.filter_grad(lambda m, y: _ours(m, y, ts, adjoint)), in_axes=(None, 0))
+        eqx.filter_vmap(eqx.filter_grad(lambda m, y: _ours(m, y, ts, adjoint)), in_axes=(None, 0))
     )(mlp, y0s)
     for i in range(3):
         single = eqx.filter_grad(lambda m, y: _ours(m, y, ts, adjoint))(mlp, y0s[i])
