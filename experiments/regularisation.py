@@ -21,9 +21,9 @@ from experiments.common import cli, grid, report
 # The short protocols (applied to every arm of a task alike) and the arms: (reg, weight, extra).
 PROTOCOLS = {
     "odenet": [
-        "--width", "16", "--batch-size", "64", "--steps", "250", "--lr-schedule", "cosine",
-        "--val-size", "1000", "--eval-every", "250", "--checkpoint-every", "50",
-        "--log-every", "10", "--no-measure-step",
+        "--width", "16", "--batch-size", "64", "--steps", "860", "--lr-schedule", "cosine",
+        "--val-size", "5000", "--eval-every", "430", "--checkpoint-every", "215",
+        "--log-every", "20", "--no-measure-step",
     ],
     "cnf": [
         "--task", "mle", "--data", "8gaussians", "--model", "cnf_planar", "--width", "64",
@@ -31,6 +31,9 @@ PROTOCOLS = {
     ],
     "spiral": ["--steps", "4000", "--eval-every", "1000", "--checkpoint-every", "1000"],
 }  # fmt: skip
+# Ends each run's folder name: a changed protocol gets new folders, so `run` never skips or
+# resumes a run of an earlier one (the ODE-Net's 250-step runs of PROVENANCE.md).
+PROTOCOL_TAGS = {"odenet": "_1epoch", "cnf": "", "spiral": ""}
 ARMS = {
     "odenet": [
         ("none", 0.0, []),
@@ -103,7 +106,7 @@ def _main_of(task: str):
 class RunArgs:
     """``run``: every arm of the chosen tasks that has no metrics.json yet (resumable)."""
 
-    root: str = "runs/regularisation"  # runs go to ROOT/<task>/<arm>_s<seed>
+    root: str = "runs/regularisation"  # runs go to ROOT/<task>/<arm>_s<seed><protocol tag>
     tasks: str = "odenet,cnf,spiral"  # comma-separated subset of the tasks
     seed: int = 0  # seed of every run
     smoke: bool = False  # each experiment's --smoke sizes instead of the short protocol
@@ -117,7 +120,7 @@ def run(args: RunArgs) -> list:
     chosen = grid.subset(args.runs, names, "--runs")
     done = []
     for task in tasks:
-        points = []
+        points, root, tag = [], Path(args.root), PROTOCOL_TAGS[task]
         for reg, weight, extra in ARMS[task]:
             if run_name(reg, weight, extra) not in chosen:
                 continue
@@ -125,7 +128,7 @@ def run(args: RunArgs) -> list:
             flags += ["--reg", reg, "--reg-weight", str(weight), *extra]
             flags += ["--seed", str(args.seed), "--no-progress"]
             points.append(
-                (Path(args.root) / task / f"{run_name(reg, weight, extra)}_s{args.seed}", flags)
+                (root / task / f"{run_name(reg, weight, extra)}_s{args.seed}{tag}", flags)
             )
         done += grid.run_grid(points, _main_of(task))
     return done
