@@ -39,10 +39,13 @@ ARMS = {
         ("none", 0.0, []),
         ("kinetic", 0.01, []),
         ("kinetic", 0.1, []),
+        ("kinetic", 1.0, []),
         ("jacobian", 0.03, []),
+        ("jacobian", 0.3, []),
         ("taynode", 0.003, []),
         ("taynode", 0.03, []),
         ("steer", 0.0, []),
+        ("error", 10.0, ["--model", "rknet"]),
         ("error", 100.0, ["--model", "rknet"]),
         ("none", 0.0, ["--model", "rknet"]),
     ],
@@ -141,8 +144,12 @@ def collect(root: Path) -> list[dict]:
         task, m = path.parent.parent.name, json.loads(path.read_text())
         cfg = json.loads((path.parent / "config.json").read_text())
         final = m.get("final_eval", {})
+        # The ODE-Net alone has a validation set: its error and forward NFE at the checkpoint
+        # the run selected on it, on which any choice between its arms is made.
+        val, nfe_val = None, None
         if task == "odenet":
             metric, nfe_test = m["test_error"], m["test_nfe_fwd"]
+            val, nfe_val = m["val_error"], _val_nfe(path.parent, m["selected_step"])
         elif task == "cnf":
             metric, nfe_test = final["test_nll"], final["nfe"]
         else:
@@ -160,6 +167,8 @@ def collect(root: Path) -> list[dict]:
                 nfe_fwd_train=_last(path.parent, "nfe_fwd"),
                 nfe_bwd_train=_last(path.parent, "nfe_bwd"),
                 train_seconds=m["train_seconds"],
+                val_metric=val,
+                nfe_fwd_val=nfe_val,
                 adjoint=adjoint,
                 steps=m["steps"],
                 run=str(path.parent),
@@ -175,6 +184,11 @@ def _last(run: Path, key: str) -> float:
     return float(sum(r[key] for r in tail) / len(tail))
 
 
+def _val_nfe(run: Path, step: int) -> float:
+    """Mean forward NFE of the validation solves at ``step`` (from the run's evals.csv)."""
+    return next(r["val_nfe"] for r in report.read_csv(run / "evals.csv") if r["step"] == step)
+
+
 REGS = ("none", "kinetic", "jacobian", "taynode", "steer", "error")
 
 
@@ -187,6 +201,8 @@ COLUMNS = [
     ("weight", "weight", report.number("{:g}")),
     ("adjoint", "adjoint", str),
     ("seed", "seed", report.number("{:g}")),
+    ("val_metric", "val", report.number("{:.2f}")),
+    ("nfe_fwd_val", "NFE fwd val", report.number("{:.1f}")),
     ("metric", "metric", report.number("{:.3f}")),
     ("delta", "Δ vs none", str),
     ("nfe_fwd_test", "NFE fwd test", report.number("{:.1f}")),
@@ -205,6 +221,9 @@ def markdown(rows: list[dict]) -> str:
         base = {(r["adjoint"], r["seed"]): r for r in sub if r["reg"] == "none"}
         scale = 100.0 if task == "odenet" else 1.0  # the ODE-Net's error in %
         lines = []
+        # The validation columns only where the task has a validation set.
+        has_val = sub[0]["val_metric"] is not None
+        columns = [c for c in COLUMNS if has_val or c[0] not in ("val_metric", "nfe_fwd_val")]
         for r in sub:
             # Against the unregularised run with the same adjoint and seed; † where there is
             # none (then against the continuous-adjoint one).
@@ -214,10 +233,10 @@ def markdown(rows: list[dict]) -> str:
             delta = "–" if b is None else f"{scale * (r['metric'] - b['metric']):+.3f}{mark}"
             ratio = "–" if b is None else f"{r['nfe_fwd_test'] / b['nfe_fwd_test']:.2f}{mark}"
             train = f"{r['nfe_fwd_train']:.1f} / {r['nfe_bwd_train']:.1f}"
-            lines.append(
-                dict(r, metric=scale * r["metric"], delta=delta, ratio=ratio, nfe_train=train)
-            )
-        tables.append(f"**{LABELS[task]}**\n\n{report.markdown_table(lines, COLUMNS)}\n\n")
+            val = None if r["val_metric"] is None else scale * r["val_metric"]
+            scaled = dict(metric=scale * r["metric"], val_metric=val)
+            lines.append(dict(r, **scaled, delta=delta, ratio=ratio, nfe_train=train))
+        tables.append(f"**{LABELS[task]}**\n\n{report.markdown_table(lines, columns)}\n\n")
     return "".join(tables)
 
 
