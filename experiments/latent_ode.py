@@ -335,6 +335,8 @@ def _val(args: common.cli.RunsArgs) -> str:
 
 
 def main(argv=None):
+    from experiments import latent_ode_bounds  # imports this module
+
     runs = common.cli.RunsArgs
     return common.cli.dispatch(
         "latent_ode",
@@ -348,6 +350,11 @@ def main(argv=None):
                 common.cli.runs_args("results/latent_ode"),
             ),
             "val": common.cli.Subcommand(runs, _val, "validation summary of runs (no test data)"),
+            "bounds": common.cli.Subcommand(
+                latent_ode_bounds.BoundsArgs,
+                latent_ode_bounds.run,
+                "validation errors of references that learn nothing (bounds_val.md)",
+            ),
         },
     )
 

@@ -16,13 +16,14 @@ from the training split; only the direction, r0 and phi0 are the spiral's own. S
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from configs.latent_ode import LatentODEConfig
 from experiments import latent_ode
+from experiments.common import report
 
 N_OBS = (30, 50, 100)
 LABELS = {
@@ -119,22 +120,31 @@ def bounds(n_obs: int) -> dict:
     )
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.latent_ode_bounds")
-    parser.add_argument("--out", help="also write bounds_val.md into this folder")
-    out = parser.parse_args(argv).out
+@dataclasses.dataclass(frozen=True)
+class BoundsArgs:
+    out: str = ""  # also write bounds_val.md into this folder ("": print only)
+
+
+def table(rows: list[dict]) -> str:
+    """One row per reference, one column per n (the validation extrapolation RMSE)."""
+    by_label = [
+        dict(label=label, **{f"n{r['n_obs']}": r[key] for r in rows})
+        for key, label in LABELS.items()
+    ]
+    columns = [("label", "validation extrapolation RMSE", "{}")]
+    columns += [(f"n{n}", f"n = {n}", "{:.4f}") for n in N_OBS]
+    return (
+        report.markdown_table(by_label, [(k, h, report.number(spec)) for k, h, spec in columns])
+        + "\n"
+    )
+
+
+def run(args: BoundsArgs) -> list[dict]:
+    """``python -m experiments.latent_ode bounds [--out DIR]``: the references at every n."""
     rows = [bounds(n) for n in N_OBS]
-    lines = ["| validation extrapolation RMSE | " + " | ".join(f"n = {n}" for n in N_OBS) + " |\n"]
-    lines.append("|---|" + "---|" * len(N_OBS) + "\n")
-    for key, label in LABELS.items():
-        lines.append(f"| {label} | " + " | ".join(f"{r[key]:.4f}" for r in rows) + " |\n")
-    text = "".join(lines)
+    text = table(rows)
     print(text)
-    if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "bounds_val.md").write_text(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bounds_val.md").write_text(text)
     return rows
-
-
-if __name__ == "__main__":
-    main()
