@@ -26,6 +26,7 @@ import numpy as np
 import ode_jax
 
 from . import cli
+from .measure import markdown_table, number
 from .stiff_problems import PROBLEMS
 
 jax.config.update("jax_enable_x64", True)
@@ -114,22 +115,24 @@ def scipy_row(p, method, repeats):
     )  # fmt: skip
 
 
+def _count(v) -> str:
+    return "–" if v < 0 else str(v)  # -1: the method does not report it
+
+
+TABLE_COLUMNS = (
+    ("method", "method", str),
+    ("err", "error (tol units)", number("{:.2f}")),
+    ("steps", "steps", str),
+    ("rejected", "rejected", _count),
+    ("nfe", "NFE", _count),
+    ("jac", "Jacobians", _count),
+    ("wall_ms", "wall ms", number("{:.2f}")),
+    ("compile_s", "compile s", number("{:.2f}")),
+)
+
+
 def table(rows):
-    head = (
-        "| method | error (tol units) | steps | rejected | NFE | Jacobians | wall ms | compile s |"
-    )
-    out = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-
-        def n(v):
-            return "–" if v < 0 else str(v)
-
-        out.append(
-            f"| {r['method']} | {r['err']:.2f} | {r['steps']} | {n(r['rejected'])} | "
-            f"{n(r['nfe'])} | {n(r['jac'])} | {r['wall_ms']:.2f} | "
-            f"{r['compile_s']:.2f} |"
-        )
-    return "\n".join(out)
+    return markdown_table(rows, TABLE_COLUMNS)
 
 
 @dataclasses.dataclass(frozen=True)
