@@ -41,6 +41,7 @@ ARMS = {
         ("kinetic", 0.1, []),
         ("kinetic", 1.0, []),
         ("jacobian", 0.03, []),
+        ("jacobian", 0.1, []),
         ("jacobian", 0.3, []),
         ("taynode", 0.003, []),
         ("taynode", 0.03, []),
