@@ -21,7 +21,7 @@ from configs.base import TrainConfig
 from configs.spiral import SMOKE, SpiralConfig
 from experiments.common import Task, checkpoint, config_from_dict, parse_config, train
 from experiments.common.cli import Interrupted, UserError, config_to_dict
-from ode_jax.nn import MLPField
+from ode_jax.nn import MLPField, call_field
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def toy_task():
 
     def solve(model, y0, probe=None):
         return ode_jax.odeint(
-            lambda t, y, m: m(t, y),
+            call_field,
             y0,
             ts,
             model,

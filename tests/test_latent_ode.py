@@ -21,6 +21,7 @@ from ode_jax.nn import (
     LatentODE,
     ODERNNEncoder,
     RNNBaseline,
+    call_field,
     gaussian_kl,
     gaussian_log_density,
     latent_ode_elbo,
@@ -91,10 +92,6 @@ def test_gaussian_kl_and_log_density_closed_form():
     np.testing.assert_allclose(gaussian_log_density(x, mq, lq), norm.logpdf(x, mq, sq), rtol=1e-12)
 
 
-def _call(t, y, field):
-    return field(t, y)
-
-
 def _field(key):
     return ode_jax.nn.MLPField(4, 8, 1, activation=jax.nn.elu, key=key)
 
@@ -105,7 +102,7 @@ def test_per_sequence_grids_match_one_by_one():
     grid = np.linspace(0.0, 2.0, 11)
     idx = np.array([[0, 2, 3, 9], [0, 1, 5, 10], [0, 4, 6, 7]])
     ts = grid[idx]
-    ones = [ode_jax.odeint(_call, z0[b], ts[b], field, **TIGHT).ys for b in range(3)]
+    ones = [ode_jax.odeint(call_field, z0[b], ts[b], field, **TIGHT).ys for b in range(3)]
     each, _ = solve_per_sequence(field, z0, jnp.asarray(ts), **TIGHT)
     union, _ = solve_on_union(field, z0, grid, **TIGHT)
     for b in range(3):
@@ -128,7 +125,7 @@ def test_elbo_terms_match_a_per_sequence_computation(encoder):
     z0 = mean + jnp.exp(0.5 * lv) * jax.random.normal(key, mean.shape)
     for b in range(2):
         ts = np.concatenate([[0.0], grid[idx[b]]]) if idx[b, 0] else grid[idx[b]]
-        z = ode_jax.odeint(_call, z0[b], ts, model.field, **TIGHT).ys[-3:]
+        z = ode_jax.odeint(call_field, z0[b], ts, model.field, **TIGHT).ys[-3:]
         expected = gaussian_log_density(x[b], model.decode(z), logvar).sum()
         np.testing.assert_allclose(log_lik[b], expected, rtol=1e-7)
         np.testing.assert_allclose(kl[b], gaussian_kl(mean[b], lv[b]), rtol=1e-12)

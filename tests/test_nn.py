@@ -113,7 +113,7 @@ def test_odeblock_matches_odeint_and_reports_nfe():
     @eqx.filter_jit
     def both(block, y0):
         ref = ode_jax.odeint(
-            lambda t, y, m: m(t, y),
+            nn.call_field,
             y0,
             jnp.array([0.0, 0.5]),
             block.field,
