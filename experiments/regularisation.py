@@ -87,7 +87,7 @@ YLABELS = {
 }
 METRIC = {"odenet": "test_error", "cnf": "test_nll", "spiral": "mae"}
 LABELS = {
-    "odenet": "ODE-Net, Fashion-MNIST (test error, %)",
+    "odenet": "ODE-Net, Fashion-MNIST, 1 epoch (test error, %)",
     "cnf": "CNF, 8gaussians (test NLL, nats)",
     "spiral": "spiral (MAE over the horizon)",
 }
