@@ -347,7 +347,7 @@ def main(argv=None):
                 runs,
                 _table,
                 "score kept checkpoints on the test split, once; write tables",
-                common.cli.runs_args("results/latent_ode"),
+                common.cli.RunsArgs(out="results/latent_ode"),
             ),
             "val": common.cli.Subcommand(runs, _val, "validation summary of runs (no test data)"),
             "bounds": common.cli.Subcommand(

@@ -221,7 +221,7 @@ def main(argv=None) -> dict | str | list:
                 common.cli.RunsArgs,
                 odenet_report.table,
                 "collect finished runs: table.md, metrics.json, curves.png",
-                common.cli.runs_args("results/odenet"),
+                common.cli.RunsArgs(out="results/odenet"),
             ),
             "profile": common.cli.Subcommand(
                 None,

@@ -33,6 +33,11 @@ def prog(name: str, subcommand: str = "") -> str:
     return f"python -m experiments.{name}" + (f" {subcommand}" if subcommand else "")
 
 
+def experiment_name(config_cls) -> str:
+    """The experiment a config class belongs to: ``configs.NAME`` -> ``NAME``."""
+    return config_cls.__module__.rpartition(".")[2]
+
+
 def parse_config(cls, smoke: dict, argv: Sequence[str] | None = None, name: str = ""):
     """Build ``cls`` from command-line flags.
 
@@ -42,7 +47,7 @@ def parse_config(cls, smoke: dict, argv: Sequence[str] | None = None, name: str 
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     default = cls(smoke=True, **smoke) if "--smoke" in argv else cls()
-    name = name or cls.__module__.rpartition(".")[2]
+    name = name or experiment_name(cls)
     try:
         return tyro.cli(cls, default=default, args=argv, prog=prog(name))
     except (ValueError, TypeError) as e:  # raised by the config's own checks
@@ -73,10 +78,6 @@ class RunsArgs:
 
     runs: tyro.conf.Positional[tuple[str, ...]] = ()  # run folders (at least one)
     out: str = "results"  # folder for the tables and figures
-
-
-def runs_args(default_out: str) -> RunsArgs:
-    return RunsArgs(out=default_out)
 
 
 def require_runs(args: RunsArgs) -> tuple[str, ...]:

@@ -70,7 +70,7 @@ def main(
         return metrics
     report.write_csv(out / "history.csv", result.history)
     report.write_csv(out / "evals.csv", result.evals)
-    name = config_cls.__module__.rpartition(".")[2]
+    name = cli.experiment_name(config_cls)
     title = f"{name}: {cfg.model}" if hasattr(cfg, "model") else name
     report.plot_training_curve(
         out / "training_curve.png",
