@@ -65,14 +65,14 @@ class LatentODEConfig(TrainConfig):
     rtol: float = 1e-3
     atol: float = 1e-4
     adjoint: Literal["continuous", "discrete"] = "discrete"  # discrete: ~15x fewer backward NFE
-    steps: int = 3000
+    steps: int = 3000  # optimiser steps in total (a resumed run continues up to this)
     batch_size: int = 100  # spirals per step
     lr: float = 1e-2  # learning rate (torchdiffeq: 0.01 with Adam), peak of the schedule
     # constant; cosine: decays to 0 at `steps`; step: x `lr_decay` at each of `lr_boundaries`
     lr_schedule: Literal["constant", "cosine", "step"] = "cosine"
-    log_every: int = 50
+    log_every: int = 50  # steps between training-curve rows (mean over the interval)
     eval_every: int = 250  # validation every eval_every steps; the best one is kept (best/)
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints (a run resumes from the last)
     num_plot: int = 4  # test spirals drawn side by side in Figure 6
 
     def check(self):

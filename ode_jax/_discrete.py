@@ -9,10 +9,12 @@ the accepted step sequence.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._adjoint import (
     AbstractAdjoint,
@@ -35,10 +37,10 @@ from ._dense import injector
 from ._loop import Recorder
 
 _TWICE = (
-    "ode_jax: the discrete adjoint (adjoint='discrete') cannot be differentiated twice (its "
-    "backward pass walks a recorded step sequence of run-time length); use "
-    "adjoint='continuous' (ode_jax.ContinuousAdjoint()) for grad-of-grad, Hessians and "
-    "Hessian-vector products"
+    "ode_jax: the discrete adjoint (adjoint='discrete') can be differentiated twice only for "
+    "solves without dense output, save_steps or events, with a solver whose steps JAX can "
+    "differentiate (not {solver}'s Newton iterations): {why}. Use adjoint='continuous' "
+    "(ode_jax.ContinuousAdjoint()) for grad-of-grad, Hessians and Hessian-vector products there"
 )
 
 
@@ -51,6 +53,10 @@ class DiscreteAdjoint(AbstractAdjoint):
 
     Memory: the accepted (t, dt) of up to ``max_steps`` steps, ``checkpoints`` states and one
     segment of ``max_steps / checkpoints`` recomputed states.
+
+    Differentiable twice (``jax.hessian``, ``jax.jacrev(jax.grad(...))``, HVPs by
+    ``jax.jvp`` of ``jax.grad``) unless the solve has dense output or an event or uses an ESDIRK
+    solver; second derivatives run the same steps as scans of ``max_steps`` iterations.
     """
 
     checkpoints: int | None = None
@@ -63,23 +69,168 @@ class DiscreteAdjoint(AbstractAdjoint):
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
         vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
         n_ck, n_local = checkpoint_sizes(options.max_steps, self.checkpoints)
+        solver = options.solver
+
+        def record(y0, ts, d, tols):
+            out = run_loop(vf, y0, ts, d, tols, options, StepRecorder(options.max_steps, n_ck))
+            return outputs(out), out.aux, event_step(out)
+
+        def backward(res, cts):
+            return discrete_backward(vf, solver, n_local, res, cts)
+
+        why = _why_not_twice(options)
+        if why:
+            backward = not_differentiable_twice(
+                backward, _TWICE.format(solver=solver.name, why=why)
+            )
+        else:
+            record, backward = _twice_differentiable(vf, solver, n_ck, n_local, record, backward)
 
         @jax.custom_vjp
         def core(y0, ts, d, tols, probe):
             return outputs(run_loop(vf, y0, ts, d, tols, options))
 
         def core_fwd(y0, ts, d, tols, probe):
-            recorder = StepRecorder(options.max_steps, n_ck)
-            out = run_loop(vf, y0, ts, d, tols, options, recorder)
-            res = (y0, ts, d, tols, probe, out.stats, out.aux, event_step(out))
-            return outputs(out), res
+            # `record` (not the loop itself): under a second derivative it is a custom_jvp
+            # rule whose tangents are those of the solve with its steps held fixed.
+            outs, aux, ev = record(y0, ts, d, tols)
+            return outs, (y0, ts, d, tols, probe, outs[1], aux, ev)
 
-        def backward(res, cts):
-            return discrete_backward(vf, options.solver, n_local, res, cts)
-
-        backward = not_differentiable_twice(backward, _TWICE)
         core.defvjp(core_fwd, backward)
         return Solved.from_core(core(y0, ts, diff, tols, probe), vf, diff, y0, ts, options)
+
+
+def _why_not_twice(options: LoopOptions) -> str:
+    """Why this solve's discrete adjoint cannot be differentiated twice ("" if it can)."""
+    if options.dense:
+        return "this solve records dense output (dense=True or save_steps=True)"
+    if options.event is not None:
+        return "this solve has an event"
+    if not options.solver.differentiable_steps:
+        return f"solver {options.solver.name!r} iterates to convergence within a step"
+    return ""
+
+
+def _twice_differentiable(vf, solver, n_ck, n_local, record, backward):
+    """``record`` and ``backward`` with JVP rules, so that the discrete adjoint can be
+    differentiated again (reverse over reverse, forward over reverse).
+
+    Their primal computations stay the fast ones (the adaptive loop, the backward walk of
+    run-time length, neither differentiable by JAX in reverse mode). Their tangents are those of
+    :func:`fixed_step_map`, the same computed map written with scans of fixed length, which JAX
+    differentiates in every mode: the tangent of the solution, and the tangent of its VJP.
+    """
+
+    def solution_map(recorded, y0, ts, d):
+        aux, n_acc = recorded
+        return fixed_step_map(solver, vf, n_ck, n_local, aux, n_acc, y0, ts, d)
+
+    @jax.custom_jvp
+    def record2(y0, ts, d, tols):
+        return record(y0, ts, d, tols)
+
+    @record2.defjvp
+    def record_jvp(primals, tangents):
+        y0, ts, d, _ = primals
+        out = record2(*primals)
+        recorded = (out[1], out[0][1]["num_accepted"])
+        _, t_ys = jax.jvp(functools.partial(solution_map, recorded), (y0, ts, d), tangents[:3])
+        t_out = _zero_tangents(out)
+        return out, ((t_ys, *t_out[0][1:]), *t_out[1:])
+
+    @jax.custom_jvp
+    def backward2(res, cts):
+        return backward(res, cts)
+
+    @backward2.defjvp
+    def backward_jvp(primals, tangents):
+        (y0, ts, d, *_rest), cts = primals
+        recorded = (primals[0][6], primals[0][5]["num_accepted"])
+        (ty0, tts, td, *_), t_cts = tangents
+        out = backward2(*primals)
+
+        def pull(y0, ts, d, g_ys):
+            _, vjp = jax.vjp(functools.partial(solution_map, recorded), y0, ts, d)
+            return vjp(g_ys)
+
+        _, (ta_y, tg_ts, ta_d) = jax.jvp(pull, (y0, ts, d, cts[0]), (ty0, tts, td, t_cts[0]))
+        t_out = _zero_tangents(out)
+        return out, (ta_y, tg_ts, ta_d, *t_out[3:])
+
+    return record2, backward2
+
+
+def _zero_tangents(tree):
+    """Zero tangents for a pytree of primal values (float0 for integer leaves)."""
+
+    def zero(x):
+        x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.zeros_like(x)
+        return np.zeros(x.shape, jax.dtypes.float0)
+
+    return jax.tree.map(zero, tree)
+
+
+def fixed_step_map(solver, vf, n_ck, n_local, aux, n_acc, y0, ts, d):
+    """The outputs at ``ts`` of the ``n_acc`` recorded accepted steps (``aux`` of
+    :class:`StepRecorder`) redone from (y0, ts, d) with their sizes held fixed: the map whose
+    exact derivatives the discrete adjoint computes, written so that JAX can differentiate it
+    to any order.
+
+    The steps run in a scan of ``n_ck`` segments of ``n_local`` steps (each segment
+    rematerialised in reverse mode: memory of ``n_ck`` states plus one segment's), steps past
+    the last accepted one skipped by a ``cond``. Step n starts at ``ts[0] + (t_n - t_0)``. Each
+    output is then interpolated from its step, redone from the state stored at the step's
+    start. Outputs never written (after a failure) are 0 here, with zero derivative.
+    """
+    step_t, step_dt, out_step = aux["step_t"], aux["step_dt"], aux["out_step"]
+    n_steps = step_t.shape[0] - 1
+    n_out = ts.shape[0]
+    if n_out == 1:
+        return jax.tree.map(lambda y: y[None], y0)
+    # Offsets of the recorded step times from ts[0] are constants; ts[0] itself is not.
+    offset = jax.lax.stop_gradient(step_t - ts[0])
+    written = out_step[1:] >= 0
+    # For each output after ts[0], the step it is written from; unwritten ones sort last.
+    key = jnp.where(written, out_step[1:], jnp.iinfo(jnp.int32).max)
+    saved0 = solver.checkpoint_state(solver.init(vf, ts[0], y0, d)[0])
+    # Row i: the state at the start of the step that writes output i + 1 (first of its
+    # outputs); the last row is scratch for steps that write none.
+    bufs = jax.tree.map(lambda v: jnp.zeros((n_out,) + jnp.shape(v), v.dtype), (y0, saved0))
+
+    def one_step(carry, n):
+        def run(c):
+            y, saved, bufs = c
+            row = jnp.searchsorted(key, n, side="left").astype(jnp.int32)
+            has = key[jnp.minimum(row, n_out - 2)] == n
+            row = jnp.where(has, row, n_out - 1)
+            bufs = jax.tree.map(lambda b, v: b.at[row].set(v), bufs, (y, saved))
+            k = jnp.minimum(n, n_steps - 1)
+            y1, _, saved1 = solver.fixed_step(vf, ts[0] + offset[k], y, step_dt[k], d, saved)
+            return y1, saved1, bufs
+
+        return jax.lax.cond(n < n_acc, run, lambda c: c, carry), None
+
+    @jax.checkpoint
+    def segment(carry, j):
+        carry, _ = jax.lax.scan(one_step, carry, j * n_local + jnp.arange(n_local, dtype=jnp.int32))
+        return carry, None
+
+    (_, _, bufs), _ = jax.lax.scan(segment, (y0, saved0, bufs), jnp.arange(n_ck, dtype=jnp.int32))
+
+    def one_output(t_out, n, row):
+        y_n, saved_n = tree_take(bufs, row)
+        t_n = ts[0] + offset[n]
+        _, info, _ = solver.fixed_step(vf, t_n, y_n, step_dt[n], d, saved_n)
+        return solver.interpolate(info, (t_out - t_n) / step_dt[n])
+
+    steps = jnp.maximum(out_step[1:], 0)
+    rows = jnp.searchsorted(key, steps, side="left").astype(jnp.int32)
+    rows = jnp.minimum(rows, n_out - 2)
+    ys = jax.vmap(one_output)(ts[1:], steps, rows)
+    ys = jax.tree.map(lambda v: jnp.where(written.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0.0), ys)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), y0, ys)
 
 
 def checkpoint_sizes(max_steps: int, checkpoints: int | None):

@@ -102,6 +102,7 @@ class ESDIRK(AbstractSolver):
 
     needs_tolerances = True
     uses_jacobian = True
+    differentiable_steps = False  # a Newton iteration of run-time length per stage
 
     @property
     def adaptive(self) -> bool:

@@ -242,6 +242,10 @@ class ErrorAccumulator(AbstractSolver):
     def uses_jacobian(self) -> bool:
         return getattr(self.base, "uses_jacobian", False)
 
+    @property
+    def differentiable_steps(self) -> bool:
+        return self.base.differentiable_steps
+
     def init(self, f, t0, y0, args, f0=None, **kwargs):
         return self.base.init(f, t0, y0, args, f0, **kwargs)
 

@@ -291,6 +291,13 @@ class RungeKutta(AbstractSolver):
         # and no other stage uses it): a step with no output time inside it skips it.
         return self.stages - 1 if self.fsal else self.stages
 
+    def _restart(self, f, t, y, args, saved):
+        # f(t, y) evaluated here, not a traced placeholder: the stage loop of a looped method
+        # then has static bounds (which reverse mode needs, see fixed_step).
+        if not self.fsal:
+            return None, jnp.asarray(0, jnp.int32)
+        return (f(t, y, args), None), jnp.asarray(1, jnp.int32)
+
     def recompute(self, f, t, y, dt, args, saved, with_dense):
         n_eval = jnp.where(with_dense, self.stages, self._n_needed())
         y1, ks = _stages_stacked(self, f, t, y, dt, args, n_eval)

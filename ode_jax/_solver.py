@@ -41,6 +41,10 @@ class AbstractSolver(eqx.Module):
     # Solvers that need the solve's tolerances (e.g. for a Newton iteration's stopping test)
     # set this; their init then takes a keyword ``tols`` (an ode_jax._loop.Tolerances).
     needs_tolerances = False
+    # Whether JAX can differentiate :meth:`fixed_step` in reverse mode to any order (no loops of
+    # run-time length, such as a Newton iteration): the discrete adjoint is then differentiable
+    # twice.
+    differentiable_steps = True
 
     @abc.abstractmethod
     def init(self, f, t0, y0, args, f0=None) -> tuple[Any, jax.Array]:
@@ -127,6 +131,14 @@ class AbstractSolver(eqx.Module):
         _, pull, nfe = jax.vjp(run, y, saved, args, t, has_aux=True)
         ct_y, ct_saved, ct_a, ct_t = pull((ct_y1, ct_saved1, ct_dense))
         return ct_y, ct_saved, ct_a, ct_t, 2 * nfe
+
+    def fixed_step(self, f, t, y, dt, args, saved):
+        """An accepted step redone from ``(t, y, saved)`` as plain JAX code that JAX can
+        differentiate in every mode and to any order (the discrete adjoint's second
+        derivatives). Returns ``(y1, dense_info, saved1)``."""
+        state, _ = self._restart(f, t, y, args, saved)
+        y1, _, info, state1, _ = self.step(f, t, y, dt, args, state)
+        return y1, info, self.checkpoint_state(state1)
 
     def _restart(self, f, t, y, args, saved):
         """A state at (t, y) for recomputation from a checkpoint (default: :meth:`init`; a

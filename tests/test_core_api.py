@@ -76,16 +76,6 @@ def test_continuous_adjoint_options_take_effect():
     assert int(s_rk4["num_steps"]) > 0
 
 
-def test_discrete_adjoint_not_differentiable_twice_names_itself():
-    def y1(a):
-        return ode_jax.odeint(_decay, 1.0, np.array([0.0, 1.0]), a, adjoint="discrete").ys[-1]
-
-    with pytest.raises(NotImplementedError, match="discrete adjoint.*adjoint='continuous'"):
-        jax.grad(jax.grad(y1))(0.5)
-    with pytest.raises(NotImplementedError, match="discrete adjoint"):
-        jax.jvp(jax.grad(y1), (0.5,), (1.0,))
-
-
 # --- solve settings ---------------------------------------------------------------------------
 
 
