@@ -223,3 +223,22 @@ def test_second_derivative_refused_with_the_reason(options, why):
         jax.grad(jax.grad(y1))(0.5)
     with pytest.raises(NotImplementedError, match="adjoint='continuous'"):
         jax.jvp(jax.grad(y1), (0.5,), (1.0,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("solver", ["rodas5", "dopri8", "reversible"])
+def test_hessian_with_other_solvers(solver):
+    ts = np.array([0.0, 0.5, 1.0])
+    method = ode_jax.reversible("tsit5") if solver == "reversible" else solver
+
+    def loss(y0, a):
+        sol = ode_jax.odeint(lambda t, y, a: -a * y, y0, ts, a, solver=method,
+                             adjoint="discrete", rtol=1e-9, atol=1e-12)  # fmt: skip
+        return jnp.sum(sol.ys**2)
+
+    def exact(y0, a):
+        return jnp.sum((y0 * jnp.exp(-a * jnp.asarray(ts))) ** 2)
+
+    args = (jnp.asarray(1.3), jnp.asarray(0.6))
+    want = np.array(jax.hessian(exact, argnums=(0, 1))(*args))
+    np.testing.assert_allclose(np.array(jax.hessian(loss, argnums=(0, 1))(*args)), want, rtol=1e-7)
