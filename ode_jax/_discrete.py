@@ -39,7 +39,7 @@ from ._loop import Recorder
 _TWICE = (
     "ode_jax: the discrete adjoint (adjoint='discrete') can be differentiated twice only for "
     "solves without dense output, save_steps or events, with a solver whose steps JAX can "
-    "differentiate (not {solver}'s Newton iterations): {why}. Use adjoint='continuous' "
+    "differentiate (no Newton iterations): {why}. Use adjoint='continuous' "
     "(ode_jax.ContinuousAdjoint()) for grad-of-grad, Hessians and Hessian-vector products there"
 )
 
@@ -80,9 +80,7 @@ class DiscreteAdjoint(AbstractAdjoint):
 
         why = _why_not_twice(options)
         if why:
-            backward = not_differentiable_twice(
-                backward, _TWICE.format(solver=solver.name, why=why)
-            )
+            backward = not_differentiable_twice(backward, _TWICE.format(why=why))
         else:
             record, backward = _twice_differentiable(vf, solver, n_ck, n_local, record, backward)
 
