@@ -33,6 +33,7 @@ from experiments.common.report import markdown_table as markdown_table
 from experiments.common.report import number as number
 
 from .methods import JAX_METHODS, TORCH_METHODS, counting
+from .problems import torch_sync
 
 
 def _status():
@@ -147,12 +148,15 @@ def torch_runner(name: str, problem) -> Runner:
 
     def fwd():
         with torch.no_grad():
-            return solve(func, y0, ts, problem.rtol, problem.atol)
+            ys = solve(func, y0, ts, problem.rtol, problem.atol)
+        torch_sync()
+        return ys
 
     def grad():
         for p in params:
             p.grad = None
         loss(solve(func, y0, ts, problem.rtol, problem.atol)).backward()
+        torch_sync()
         return [p.grad for p in params]
 
     r = Runner(name, "torch", fwd=fwd, grad=grad)
@@ -270,11 +274,13 @@ def torch_unit_costs(problem, target_s: float = 0.3) -> tuple[float, float]:
     def evaluate():
         with torch.no_grad():
             func(t, y0)
+        torch_sync()
 
     a = torch.ones_like(y0)
 
     def vjp():
         y = y0.detach().requires_grad_(True)
         torch.autograd.grad(func(t, y), [y, *params], grad_outputs=a)
+        torch_sync()
 
     return time_loop(evaluate), time_loop(vjp)

@@ -130,3 +130,34 @@ def torch_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def select_torch_device(choice: str) -> str:
+    """Make ``choice`` ("auto", "cpu" or "cuda") torch's default device; returns the one used.
+
+    "auto" is "cuda" when JAX itself runs on a GPU and torch sees one, so both libraries are
+    timed on the same processor; every torch tensor and module of the benchmarks is made there.
+    """
+    import jax
+    import torch
+
+    if choice == "auto":
+        choice = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("torch_device='cuda', but torch sees no CUDA device")
+    if choice == "cuda":  # float32 arithmetic, as JAX's (see float32_on_gpu), not TF32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    torch.set_default_device(choice)
+    return choice
+
+
+def float32_on_gpu() -> bool:
+    """On a GPU, make JAX's float32 matmuls and convolutions full float32 (its default there may
+    use TF32); True when it did. Every library in the report then computes in float32."""
+    import jax
+
+    if jax.default_backend() != "gpu":
+        return False
+    jax.config.update("jax_default_matmul_precision", "highest")
+    return True

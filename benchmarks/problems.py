@@ -59,8 +59,16 @@ def _torch():
 
 
 def _t(x):
+    """float32 torch tensor on torch's default device (the GPU when benchmarks.run picked it)."""
     torch = _torch()
-    return torch.from_numpy(np.array(x, dtype=np.float32))
+    return torch.as_tensor(np.array(x, dtype=np.float32), device=torch.get_default_device())
+
+
+def torch_sync():
+    """Wait for torch's queued GPU work (timings of a CUDA call end here); no-op on the CPU."""
+    torch = _torch()
+    if torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +218,7 @@ class ODEFunc(eqx.Module):
     conv2: ConcatConv2d
     norm3: GroupNormNHWC
 
-    def __init__(self, dim, *, key, impl="matmul", affine=True, bias=True):
+    def __init__(self, dim, *, key, impl="auto", affine=True, bias=True):
         k1, k2 = jax.random.split(key)
         groups = min(32, dim)
         conv = dict(impl=impl, dtype=F32, use_bias=bias)

@@ -33,7 +33,14 @@ from .measure import (
     torch_runner,
     torch_unit_costs,
 )
-from .methods import ANCHORS, JAX_METHODS, TORCH_METHODS, torch_available
+from .methods import (
+    ANCHORS,
+    JAX_METHODS,
+    TORCH_METHODS,
+    float32_on_gpu,
+    select_torch_device,
+    torch_available,
+)
 from .problems import PROBLEMS
 
 # Issue targets: ratios of ode_jax's row to the best JAX anchor in the same run.
@@ -60,6 +67,8 @@ class Args:
     quick: bool = False  # small sizes, 3 rounds, 8 s per case
     torch: bool = True  # run torchdiffeq (--no-torch: skip it)
     nfe: bool = True  # count NFEs (--no-nfe: skip, saves compiles)
+    # auto: cuda when JAX runs on a GPU and torch sees one, else cpu; or cpu, cuda
+    torch_device: str = "auto"
     out: str = "benchmarks/results.md"  # markdown report ('' = none)
 
     def __post_init__(self):
@@ -67,6 +76,10 @@ class Args:
             raise cli.UserError("--repeats must be >= 1 and --compiles >= 0 (0: the default)")
         if not self.sample_s >= 0:
             raise cli.UserError(f"--sample-s must be >= 0, got {self.sample_s}")
+        if self.torch_device not in ("auto", "cpu", "cuda"):
+            raise cli.UserError(
+                f"--torch-device must be auto, cpu or cuda, got {self.torch_device!r}"
+            )
 
     def resolved(self) -> Args:
         """``--quick``'s caps applied and the compile count filled in."""
@@ -223,7 +236,7 @@ def target_check(case, rows) -> list[str]:
     return out
 
 
-def machine_description(load_start) -> str:
+def machine_description(load_start, torch_device=None) -> str:
     import jax
 
     cpu = platform.processor() or "?"
@@ -238,6 +251,11 @@ def machine_description(load_start) -> str:
             libs.append(f"{mod} {__import__(mod).__version__}")
         except ImportError:
             pass
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        libs.insert(0, f"JAX device {device.device_kind}")
+    if torch_device is not None:
+        libs.append(f"torch device {torch_device}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     start = ", ".join(f"{x:.1f}" for x in load_start)
     return (
@@ -259,6 +277,13 @@ def main(argv=None):
         methods = [m for m in methods if m not in TORCH_METHODS]
     if not methods:
         raise cli.UserError("no method left to run: see --methods and --no-torch")
+    gpu = float32_on_gpu()
+    torch_device = None
+    if any(m in TORCH_METHODS for m in methods):
+        try:
+            torch_device = select_torch_device(args.torch_device)
+        except ValueError as err:
+            raise cli.UserError(str(err)) from None
 
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
@@ -303,13 +328,20 @@ def main(argv=None):
         "# ode_jax benchmarks\n\n"
         f"Command: `python -m benchmarks.run {' '.join(sys.argv[1:] if argv is None else argv)}`"
         f"  \nDate: {datetime.datetime.now().isoformat(timespec='minutes')}  \n"
-        f"Machine: {machine_description(load_start)}  \nTotal run time: {total:.0f} s.\n\n"
+        f"Machine: {machine_description(load_start, torch_device)}  \n"
+        f"Total run time: {total:.0f} s.\n\n"
         "Ratios (x) are to the best JAX anchor (diffrax RecursiveCheckpointAdjoint, diffrax "
         "BacksolveAdjoint, jax.experimental.ode) in the same run. NFE counts vector-field "
         "executions (a VJP counts once). XLA temp = compiled memory_analysis() temp size; RSS "
         "peak = growth of the process's peak RSS over one gradient call (the only memory figure "
         "for torch). Overhead = wall / (NFE x one evaluation), gradient: NFE_fwd x f + "
         "NFE_bwd x vjp (NFE_fwd VJPs for direct backprop). Compile = lower + compile.\n"
+        + (
+            "On the GPU: float32 matmuls and convolutions in every library (JAX precision "
+            "'highest', torch TF32 off); RSS peak is host memory, not device memory.\n"
+            if gpu
+            else ""
+        )
     )
     report = header + "\n" + "\n".join(sections)
     if checks:

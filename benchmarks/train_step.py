@@ -1,7 +1,8 @@
 """(d) One full training step of the ODE-Net of Table 1, every library on the same weights.
 
 The model is torchdiffeq's ``odenet_mnist`` as ``experiments.odenet`` builds it (channels-last,
-ConcatConv2d ``impl="matmul"``): conv3x3 1->C, [GroupNorm, ReLU, conv4x4/2] x 2, an ODE block
+ConcatConv2d ``impl="auto"``: shifted matmuls on the CPU, the native convolution on a GPU):
+conv3x3 1->C, [GroupNorm, ReLU, conv4x4/2] x 2, an ODE block
 (GN-ReLU-ConcatConv3x3-GN-ReLU-ConcatConv3x3-GN) on t in [0, 1] solved by dopri5 at
 rtol = atol = 1e-3, then GN, ReLU, global average pool, linear C->10. A step is cross-entropy on
 a fixed random batch of 28x28 inputs, its gradient and one SGD update (lr 0.1, momentum 0.9, as
@@ -32,10 +33,12 @@ import optax
 import ode_jax
 from configs.odenet import ODENetConfig
 from experiments.odenet import make_model
+from ode_jax.nn._conv import resolve_impl
 
 from . import cli
 from .measure import markdown_table, number, pick_torch_threads, rss_peak_delta_mb
 from .methods import counting, torch_available
+from .problems import _t
 
 F32 = jnp.float32
 JAX_STEP_METHODS = ("ode_jax-continuous", "ode_jax-discrete", "diffrax-rca", "diffrax-backsolve")
@@ -71,7 +74,7 @@ def make_data(setup: Setup):
 
 def make_jax_model(setup: Setup):
     """experiments.odenet's ODE-Net classifier (float32, NHWC, matmul ConcatConv2d)."""
-    cfg = ODENetConfig(width=setup.width, conv_impl="matmul", rtol=setup.rtol, atol=setup.atol)
+    cfg = ODENetConfig(width=setup.width, conv_impl="auto", rtol=setup.rtol, atol=setup.atol)
     return make_model(cfg, jax.random.key(setup.seed))
 
 
@@ -165,12 +168,6 @@ def make_jax_step(static, solve: Callable, setup: Setup) -> Callable:
 
 
 # --- torch ------------------------------------------------------------------------------------
-
-
-def _t(x):
-    import torch
-
-    return torch.from_numpy(np.array(x, dtype=np.float32))
 
 
 def _conv_weight(w_HWIO):
@@ -276,7 +273,8 @@ def make_torch_model(model, setup: Setup):
 def torch_data(x, y):
     import torch
 
-    return _t(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(np.asarray(y, np.int64))
+    labels = torch.as_tensor(np.asarray(y, np.int64), device=torch.get_default_device())
+    return _t(x).permute(0, 3, 1, 2).contiguous(), labels
 
 
 def make_torch_step(net, setup: Setup, adjoint: bool, x_t, y_t) -> Callable:
@@ -310,7 +308,7 @@ def torch_loss_and_grads(net, adjoint: bool, x_t, y_t):
     net.block.adjoint = adjoint
     loss = torch.nn.functional.cross_entropy(net(x_t), y_t)
     loss.backward()
-    return loss.item(), [p.grad.numpy().copy() for p in net.parameters()]
+    return loss.item(), [p.grad.cpu().numpy().copy() for p in net.parameters()]
 
 
 def jax_grads_torch_order(grads) -> list[np.ndarray]:
@@ -416,7 +414,7 @@ def check_torch_forward(net, params, static, x, x_t, tol: float = 1e-4) -> float
     net.block.adjoint, net.block.fixed_step = False, 0.1
     try:
         with torch.no_grad():
-            ref = net(x_t).numpy()
+            ref = net(x_t).cpu().numpy()
     finally:
         net.block.fixed_step = None
     ours = np.asarray(jax.jit(logits_fn(static, euler_solver(0.1)))(params, x))
@@ -494,7 +492,8 @@ def run_section(
         f"### {title}\n\n{table(rows)}\n\n"
         f"Medians of {rounds} interleaved rounds of one step each (after a warm-up step); "
         "JAX: one jitted step (loss, gradient, optax.sgd update) per method, only the ODE solve "
-        "differs, ConcatConv2d impl=matmul, NHWC; compile = lower + compile of the step. torch: "
+        f"differs, ConcatConv2d impl={resolve_impl('auto')}, NHWC; compile = lower + compile of "
+        "the step. torch: "
         "the same weights in NCHW"
         + (
             f" (forward logits, ODE block by Euler step 0.1 on both sides: max difference "
