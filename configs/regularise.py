@@ -1,6 +1,6 @@
 """The regularisation flags shared by the spiral, ODE-Net and CNF experiments (issue 21).
 
-A mixin of config fields: ``--reg {none,kinetic,jacobian,taynode,error,steer}`` picks what the
+A mixin of config fields: ``--reg {none,kinetic,jacobian,rnode,taynode,error,steer}`` picks what the
 training loss adds (see :class:`ode_jax.Regulariser`), ``--reg-weight`` its weight.
 """
 
@@ -13,15 +13,19 @@ import ode_jax
 
 from .base import require
 
-REGS = ("none", "kinetic", "jacobian", "taynode", "error", "steer")
+REGS = ("none", "kinetic", "jacobian", "rnode", "taynode", "error", "steer")
+# Each --reg's penalties (the names of ode_jax.Regulariser); rnode: RNODE's pair (Finlay et al.
+# 2020), kinetic energy plus Jacobian Frobenius norm, both at --reg-weight.
+PENALTIES = {"kinetic": ("kinetic",), "jacobian": ("jacobian",), "rnode": ("kinetic", "jacobian")}
+PENALTIES.update(taynode=("taynode",), error=("error",))
 
 
 @dataclasses.dataclass(frozen=True)
 class RegularisationFields:
     # what the training loss adds: kinetic (∫||f||²), jacobian (∫||∂f/∂y||_F², Hutchinson),
-    # taynode (∫||d^K y/dt^K||², jet), error (Σ local error estimates; discrete adjoint only),
-    # steer (random end time, no penalty); none: plain training
-    reg: Literal["none", "kinetic", "jacobian", "taynode", "error", "steer"] = "none"
+    # rnode (kinetic + jacobian, one weight), taynode (∫||d^K y/dt^K||², jet), error (Σ local
+    # error estimates; discrete adjoint only), steer (random end time, no penalty); none: plain
+    reg: Literal["none", "kinetic", "jacobian", "rnode", "taynode", "error", "steer"] = "none"
     # weight of the penalty in the loss: the field penalties enter as means over the state's
     # elements (sum / size: batch and dimension alike), "error" as the accumulated RMS estimate
     reg_weight: float = 0.01
@@ -42,12 +46,13 @@ class RegularisationFields:
             return None
         if self.reg == "steer":
             return ode_jax.Regulariser(steer=self.steer * interval)
-        return ode_jax.Regulariser((self.reg,), order=self.reg_order)
+        return ode_jax.Regulariser(PENALTIES[self.reg], order=self.reg_order)
 
     def penalty(self, penalties: dict, size: int):
         """The weighted penalty the loss adds: ``reg_weight * value`` (field penalties divided
         by the state's ``size``: means over its elements)."""
-        if self.reg not in penalties:
+        names = [name for name in PENALTIES.get(self.reg, ()) if name in penalties]
+        if not names:
             return 0.0
         scale = 1.0 if self.reg == "error" else 1.0 / size
-        return self.reg_weight * scale * penalties[self.reg]
+        return self.reg_weight * scale * sum(penalties[name] for name in names)

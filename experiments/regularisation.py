@@ -27,13 +27,14 @@ PROTOCOLS = {
     ],
     "cnf": [
         "--task", "mle", "--data", "8gaussians", "--model", "cnf_planar", "--width", "64",
-        "--steps", "1000", "--eval-every", "1000", "--checkpoint-every", "250",
+        "--steps", "3000", "--eval-every", "3000", "--checkpoint-every", "500",
     ],
     "spiral": ["--steps", "4000", "--eval-every", "1000", "--checkpoint-every", "1000"],
 }  # fmt: skip
 # Ends each run's folder name: a changed protocol gets new folders, so `run` never skips or
 # resumes a run of an earlier one (the ODE-Net's 250-step runs of PROVENANCE.md).
-PROTOCOL_TAGS = {"odenet": "_1epoch", "cnf": "", "spiral": ""}
+# The CNF's 1000-step runs without a validation sample (PROVENANCE.md) are not collected.
+PROTOCOL_TAGS = {"odenet": "_1epoch", "cnf": "_3k", "spiral": ""}
 ARMS = {
     "odenet": [
         ("none", 0.0, []),
@@ -43,6 +44,8 @@ ARMS = {
         ("jacobian", 0.03, []),
         ("jacobian", 0.1, []),
         ("jacobian", 0.3, []),
+        ("rnode", 0.01, []),
+        ("rnode", 0.03, []),
         ("taynode", 0.003, []),
         ("taynode", 0.03, []),
         ("steer", 0.0, []),
@@ -55,15 +58,18 @@ ARMS = {
         ("kinetic", 0.01, []),
         ("kinetic", 0.1, []),
         ("kinetic", 1.0, []),
-        ("jacobian", 0.01, []),
         ("jacobian", 0.1, []),
+        ("jacobian", 0.3, []),
         ("jacobian", 1.0, []),
-        ("taynode", 0.01, []),
+        ("rnode", 0.01, []),
+        ("rnode", 0.1, []),
+        ("rnode", 1.0, []),
         ("taynode", 0.1, []),
+        ("taynode", 0.3, []),
         ("taynode", 1.0, []),
         ("steer", 0.0, []),
+        ("error", 1e3, ["--adjoint", "discrete"]),
         ("error", 1e4, ["--adjoint", "discrete"]),
-        ("error", 1e5, ["--adjoint", "discrete"]),
         ("none", 0.0, ["--adjoint", "discrete"]),
     ],
     "spiral": [
@@ -142,17 +148,22 @@ def collect(root: Path) -> list[dict]:
     """One row per finished run under ``root/<task>/<run>``."""
     rows = []
     for path in sorted(root.glob("*/*/metrics.json")):
-        task, m = path.parent.parent.name, json.loads(path.read_text())
+        task = path.parent.parent.name
+        if task not in PROTOCOL_TAGS or not path.parent.name.endswith(PROTOCOL_TAGS[task]):
+            continue  # a run of an earlier protocol
+        m = json.loads(path.read_text())
         cfg = json.loads((path.parent / "config.json").read_text())
         final = m.get("final_eval", {})
-        # The ODE-Net alone has a validation set: its error and forward NFE at the checkpoint
-        # the run selected on it, on which any choice between its arms is made.
+        # The ODE-Net's validation error and forward NFE at the checkpoint the run selected on
+        # them, the CNF's validation NLL at the end: any choice between arms is made on these.
         val, nfe_val = None, None
         if task == "odenet":
             metric, nfe_test = m["test_error"], m["test_nfe_fwd"]
             val, nfe_val = m["val_error"], _val_nfe(path.parent, m["selected_step"])
         elif task == "cnf":
-            metric, nfe_test = final["test_nll"], final["nfe"]
+            name = "nll" if "test_nll" in final else "loss"  # --smoke runs the density task
+            metric, nfe_test = final[f"test_{name}"], final["nfe"]
+            val, nfe_val = final.get(f"val_{name}"), final.get("val_nfe")
         else:
             metric, nfe_test = final["mae"], final["nfe"]
         adjoint = "discrete" if cfg.get("model") == "rknet" else cfg.get("adjoint", "continuous")
@@ -190,7 +201,7 @@ def _val_nfe(run: Path, step: int) -> float:
     return next(r["val_nfe"] for r in report.read_csv(run / "evals.csv") if r["step"] == step)
 
 
-REGS = ("none", "kinetic", "jacobian", "taynode", "steer", "error")
+REGS = ("none", "kinetic", "jacobian", "rnode", "taynode", "steer", "error")
 
 
 def _order(row: dict) -> tuple:
@@ -202,7 +213,8 @@ COLUMNS = [
     ("weight", "weight", report.number("{:g}")),
     ("adjoint", "adjoint", str),
     ("seed", "seed", report.number("{:g}")),
-    ("val_metric", "val", report.number("{:.2f}")),
+    ("val_metric", "val", report.number("{:.3f}")),
+    ("delta_val", "val Δ vs none", str),
     ("nfe_fwd_val", "NFE fwd val", report.number("{:.1f}")),
     ("metric", "metric", report.number("{:.3f}")),
     ("delta", "Δ vs none", str),
@@ -224,7 +236,8 @@ def markdown(rows: list[dict]) -> str:
         lines = []
         # The validation columns only where the task has a validation set.
         has_val = sub[0]["val_metric"] is not None
-        columns = [c for c in COLUMNS if has_val or c[0] not in ("val_metric", "nfe_fwd_val")]
+        val_keys = ("val_metric", "delta_val", "nfe_fwd_val")
+        columns = [c for c in COLUMNS if has_val or c[0] not in val_keys]
         for r in sub:
             # Against the unregularised run with the same adjoint and seed; † where there is
             # none (then against the continuous-adjoint one).
@@ -236,7 +249,11 @@ def markdown(rows: list[dict]) -> str:
             train = f"{r['nfe_fwd_train']:.1f} / {r['nfe_bwd_train']:.1f}"
             val = None if r["val_metric"] is None else scale * r["val_metric"]
             scaled = dict(metric=scale * r["metric"], val_metric=val)
-            lines.append(dict(r, **scaled, delta=delta, ratio=ratio, nfe_train=train))
+            dval = "–"
+            if b is not None and val is not None and b["val_metric"] is not None:
+                dval = f"{val - scale * b['val_metric']:+.3f}{mark}"
+            extra = dict(delta=delta, delta_val=dval, ratio=ratio, nfe_train=train)
+            lines.append(dict(r, **scaled, **extra))
         tables.append(f"**{LABELS[task]}**\n\n{report.markdown_table(lines, columns)}\n\n")
     return "".join(tables)
 

@@ -346,7 +346,7 @@ def regularised_odeint(
     sol = odeint(
         regularised_field(f, reg), init_state(y0, reg.penalties), ts, (args, eps), **kwargs
     )
-    return split_solution(sol)
+    return split_solution(sol, ts)
 
 
 def solve_kwargs(reg: Regulariser, kwargs: dict) -> dict:
@@ -370,7 +370,18 @@ def solve_kwargs(reg: Regulariser, kwargs: dict) -> dict:
     return kwargs
 
 
-def split_solution(sol):
-    """``(sol with ys = y only, {penalty: value at ts[-1]})`` of a solve of ``(y, rates)``."""
+def split_solution(sol, ts):
+    """``(sol with ys = y only, {penalty: value at ts[-1]})`` of a solve of ``(y, rates)``
+    over the times ``ts``.
+
+    The field penalties are integrals over |dt|: a solve backwards in time (``ts`` falling, as
+    a CNF's sampling direction) accumulates their rates with dt < 0, so their values are
+    turned back to >= 0 here. The error estimate's accumulator only ever grows.
+    """
     ys, rates = sol.ys
-    return eqx.tree_at(lambda s: s.ys, sol, ys), {p: r[-1] for p, r in rates.items()}
+    direction = jnp.sign(jnp.asarray(ts[-1]) - jnp.asarray(ts[0]))
+    penalties = {
+        p: r[-1] * direction.astype(r.dtype) if p in _FIELD_PENALTIES else r[-1]
+        for p, r in rates.items()
+    }
+    return eqx.tree_at(lambda s: s.ys, sol, ys), penalties

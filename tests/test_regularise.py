@@ -43,6 +43,20 @@ def test_kinetic_linear_closed_form():
     np.testing.assert_allclose(sol.ys[-1], scipy.linalg.expm(A) @ Y0, rtol=1e-8)
 
 
+@pytest.mark.parametrize("penalty", ["kinetic", "jacobian", "taynode"])
+def test_penalties_of_a_solve_backwards_in_time_are_integrals_over_abs_dt(penalty):
+    # From y(1) back to y(0): the same path, so the same ∫ ... |dt| (not its negative).
+    y1 = scipy.linalg.expm(A) @ Y0
+    reg = ode_jax.Regulariser((penalty,), trace="exact")
+    fwd = _solve(penalty, reg=dict(trace="exact"))[1][penalty]
+    sol, back = ode_jax.regularised_odeint(
+        linear, jnp.asarray(y1), TS[::-1].copy(), jnp.asarray(A), regulariser=reg, **TIGHT
+    )
+    np.testing.assert_allclose(sol.ys[-1], Y0, rtol=1e-8)
+    assert fwd > 0
+    np.testing.assert_allclose(back[penalty], fwd, rtol=1e-7)
+
+
 def test_jacobian_exact_trace_and_hutchinson_mean():
     # ∂f/∂y = A everywhere: the integral is T ||A||_F², exactly with the exact trace ...
     _, pen = _solve("jacobian", reg=dict(trace="exact"))
@@ -253,6 +267,9 @@ def test_cnf_regularised_penalties_and_density():
         )  # fmt: skip
         name = reg.penalties[0]
         np.testing.assert_allclose(stats["penalties"][name], direct[name], rtol=1e-6)
+        # Sampling runs from t1 back to t0; its penalty is >= 0 too (was negative: issue 21).
+        _, _, back = cnf.sample_with_log_prob(x, regularise=True, key=jax.random.key(3))
+        assert float(back["penalties"][name]) > 0
 
 
 def test_penalties_under_jit_and_in_float32():
@@ -284,6 +301,10 @@ def test_config_flags():
     cfg = SpiralConfig(reg="steer", steer=0.5)
     assert cfg.regulariser(0.2).steer == pytest.approx(0.1)
     assert SpiralConfig().regulariser() is None
+    rnode = CNFConfig(reg="rnode", reg_weight=0.5)
+    assert rnode.regulariser().penalties == ("kinetic", "jacobian")
+    pens = {"kinetic": jnp.asarray(4.0), "jacobian": jnp.asarray(12.0)}
+    assert rnode.penalty(pens, 8) == pytest.approx(1.0)  # 0.5 * (4 + 12) / 8
     cfg = CNFConfig(reg="taynode", reg_weight=0.5, reg_order=3)
     assert cfg.regulariser().order == 3
     assert cfg.penalty({"taynode": jnp.asarray(4.0)}, 8) == pytest.approx(0.25)

@@ -271,7 +271,7 @@ class CNF(eqx.Module):
         f = _regularised(reg, kind)
         state0 = init_state(state0, reg.penalties, z0.dtype)
         sol, penalties = split_solution(
-            odeint(f, state0, ts, ((self.field, eps), reg_eps), probe=probe, **kwargs)
+            odeint(f, state0, ts, ((self.field, eps), reg_eps), probe=probe, **kwargs), ts
         )
         return jax.tree.map(lambda y: y[-1], sol.ys), {**sol.stats, "penalties": penalties}
 
