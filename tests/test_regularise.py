@@ -331,7 +331,9 @@ def test_study_runner_user_errors(tmp_path):
     from experiments import regularisation
     from experiments.common.cli import UserError
 
-    with pytest.raises(UserError, match="--tasks: unknown ode; choose from odenet,cnf,spiral"):
+    with pytest.raises(
+        UserError, match="--tasks: unknown ode; choose from odenet,odenet_3ep,cnf,spiral"
+    ):
         regularisation.main(["run", "--root", str(tmp_path), "--tasks", "ode"])
     with pytest.raises(UserError, match="--runs: unknown kinetic_7"):
         regularisation.main(["run", "--tasks", "spiral", "--runs", "kinetic_7"])
