@@ -1,7 +1,7 @@
 """(d) One full training step of the ODE-Net of Table 1, every library on the same weights.
 
 The model is torchdiffeq's ``odenet_mnist`` as ``experiments.odenet`` builds it (channels-last,
-ConcatConv2d ``impl="auto"``: shifted matmuls on the CPU, the native convolution on a GPU):
+ConcatConv2d ``impl="auto"``: matmuls on the CPU, the native convolution on a GPU):
 conv3x3 1->C, [GroupNorm, ReLU, conv4x4/2] x 2, an ODE block
 (GN-ReLU-ConcatConv3x3-GN-ReLU-ConcatConv3x3-GN) on t in [0, 1] solved by dopri5 at
 rtol = atol = 1e-3, then GN, ReLU, global average pool, linear C->10. A step is cross-entropy on
@@ -73,7 +73,7 @@ def make_data(setup: Setup):
 
 
 def make_jax_model(setup: Setup):
-    """experiments.odenet's ODE-Net classifier (float32, NHWC, matmul ConcatConv2d)."""
+    """experiments.odenet's ODE-Net classifier (float32, NHWC, ConcatConv2d impl="auto")."""
     cfg = ODENetConfig(width=setup.width, conv_impl="auto", rtol=setup.rtol, atol=setup.atol)
     return make_model(cfg, jax.random.key(setup.seed))
 

@@ -1,7 +1,7 @@
 """The regularisation flags shared by the spiral, ODE-Net and CNF experiments (issue 21).
 
-A mixin of config fields: ``--reg {none,kinetic,jacobian,rnode,taynode,error,steer}`` picks what the
-training loss adds (see :class:`ode_jax.Regulariser`), ``--reg-weight`` its weight.
+A mixin of config fields: ``--reg {none,kinetic,jacobian,rnode,taynode,error,steer}`` picks what
+the training loss adds (see :class:`ode_jax.Regulariser`), ``--reg-weight`` its weight.
 """
 
 from __future__ import annotations
@@ -13,11 +13,16 @@ import ode_jax
 
 from .base import require
 
-REGS = ("none", "kinetic", "jacobian", "rnode", "taynode", "error", "steer")
 # Each --reg's penalties (the names of ode_jax.Regulariser); rnode: RNODE's pair (Finlay et al.
 # 2020), kinetic energy plus Jacobian Frobenius norm, both at --reg-weight.
-PENALTIES = {"kinetic": ("kinetic",), "jacobian": ("jacobian",), "rnode": ("kinetic", "jacobian")}
-PENALTIES.update(taynode=("taynode",), error=("error",))
+PENALTIES = {
+    "kinetic": ("kinetic",),
+    "jacobian": ("jacobian",),
+    "rnode": ("kinetic", "jacobian"),
+    "taynode": ("taynode",),
+    "error": ("error",),
+}
+REGS = ("none", *PENALTIES, "steer")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -181,7 +181,7 @@ def collect(root: Path) -> list[dict]:
         if EXPERIMENT[task] == "odenet":
             metric, nfe_test = m["test_error"], m["test_nfe_fwd"]
             val, nfe_val = m["val_error"], _val_nfe(path.parent, m["selected_step"])
-        elif task == "cnf":
+        elif EXPERIMENT[task] == "cnf":
             name = "nll" if "test_nll" in final else "loss"  # --smoke runs the density task
             metric, nfe_test = final[f"test_{name}"], final["nfe"]
             val, nfe_val = final.get(f"val_{name}"), final.get("val_nfe")
