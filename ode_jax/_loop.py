@@ -4,6 +4,12 @@ Integration always runs forwards in time here (``ts`` strictly increasing); ``od
 backwards solve onto this by flipping the sign of time. Outputs are written with the solver's
 dense output, so steps need not land on the output times (fixed-step methods do land on them).
 The loop talks to the method only through :class:`ode_jax.AbstractSolver`.
+
+With more than one output after ts[0] the loop is two nested ``while_loop``s: the inner one
+steps (and carries the last accepted step's dense information), the outer one writes the
+outputs each passing step reached. The output buffers stay out of the stepping loop, whose
+body XLA:CPU then runs sequentially or, for a tiny system, compiles into a single kernel (see
+"Small systems on the CPU" in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class _State(eqx.Module):
     prev_err: jax.Array
     last: jax.Array | None  # (scaled error, step size) of the last attempt; None: not used
     index: jax.Array  # next output to write
-    ys: Any
+    ys: Any  # the output buffers; None while stepping between outputs (see integrate)
     nfe: jax.Array
     num_steps: jax.Array
     num_accepted: jax.Array
@@ -76,6 +82,9 @@ class _State(eqx.Module):
     aux: Any
     dense: Any  # per accepted step: t, dt, the step's dense info, y1 (None unless asked for)
     event: Any  # g at the current state, and what is known of the event (None: no event)
+    # The last attempted step (the last accepted one when outputs are written): its start time
+    # "t", dense "info", and with an event its size "dt". None when the only output is t_end.
+    last_step: Any = None
 
 
 class LoopOutput(eqx.Module):
@@ -94,6 +103,10 @@ class LoopOutput(eqx.Module):
     dt_next: jax.Array
     dense: Any = None
     event: Any = None
+
+
+def _is_none(x) -> bool:
+    return x is None
 
 
 def _all_finite(tree) -> jax.Array:
@@ -160,8 +173,8 @@ def integrate(
     if n_out == 2:
         # A zero-length solve (ts[0] == ts[1]) takes no step: its end is its start.
         ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(t_end <= t0, v, buf[1])), ys, y0)
-    dense_bufs = event_state = None
-    if dense or event is not None:
+    dense_bufs = event_state = last_step = None
+    if dense or event is not None or n_out > 2:
         info_shape = jax.eval_shape(
             lambda: solver.step(f, t0, y0, jnp.asarray(dt_init, tdtype), args, solver_state)[2]
         )
@@ -177,8 +190,13 @@ def integrate(
             info=jax.tree.map(buffer, info_shape),
             y1=jax.tree.map(buffer, y0),
         )
-    if event is not None:
+    if event is not None or n_out > 2:
         zeros_info = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), info_shape)
+    if n_out > 2:
+        last_step = dict(t=t0, info=zeros_info)
+        if event is not None:
+            last_step["dt"] = jnp.ones((), tdtype)
+    if event is not None:
         event_state = dict(
             g=jnp.asarray(cond_fn(t0, y0, args)),
             time=jnp.asarray(jnp.inf, tdtype),
@@ -199,7 +217,7 @@ def integrate(
         # Carried only for an adaptive solve whose controller reads it (it costs a few ns per
         # step, about 10% of a step of a 2-dimensional system).
         last=(
-            jnp.ones((2,), tdtype)
+            (jnp.ones((), tdtype), jnp.ones((), tdtype))
             if solver.adaptive and getattr(controller, "observed_order", False)
             else None
         ),
@@ -215,6 +233,7 @@ def integrate(
         aux=recorder.init(y0, ts, solver.checkpoint_state(solver_state)),
         dense=dense_bufs,
         event=event_state,
+        last_step=last_step,
     )
 
     def cond(s):
@@ -263,31 +282,39 @@ def integrate(
             y1=jax.tree.map(put, bufs["y1"], y1),
         )
 
-    def write_outputs(s, accept, aux, t1, y1, info, dt):
-        """Write every output time in (s.t, t1] from the accepted step's dense output."""
-        if n_out == 2:
-            # The only output after ts[0] is t_end, where the last step lands exactly (see
-            # body): no dense output and no loop over outputs in the program. Every backward
-            # solve of the continuous adjoint and every ODE block is such a solve.
-            done = accept & (t1 >= t_end)
-            ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(done, v, buf[1])), s.ys, y1)
-            aux = tree_where(done, recorder.on_output(aux, 1, s.num_accepted), aux)
-            return jnp.where(done, 2, s.index).astype(i32), ys, aux
+    def write_end(s, accept, aux, t1, y1):
+        """With ts = [t0, t_end]: write t_end when the step lands there. The last step lands
+        exactly (see body): no dense output and no loop over outputs in the program. Every
+        backward solve of the continuous adjoint and every ODE block is such a solve."""
+        done = accept & (t1 >= t_end)
+        ys = jax.tree.map(lambda buf, v: buf.at[1].set(jnp.where(done, v, buf[1])), s.ys, y1)
+        aux = tree_where(done, recorder.on_output(aux, 1, s.num_accepted), aux)
+        return jnp.where(done, 2, s.index).astype(i32), ys, aux
+
+    def write_passed(s, block, start, stop):
+        """Write every output the last accepted step passed, up to output ``stop`` (excluded),
+        from its dense output (its end point itself: s.y, which an event may have truncated),
+        into ``block``, whose row 0 is output ``start``."""
+        last = s.last_step
+        # Without an event the step ended at s.t = t_prev + dt, with dt computed as exactly
+        # this difference: recomputing it saves carrying it through the stepping loop.
+        dt = last["dt"] if "dt" in last else s.t - last["t"]
+        step = s.num_accepted - 1
 
         def out_cond(c):
             index, _, _ = c
-            return accept & (index < n_out) & (ts[jnp.minimum(index, n_out - 1)] <= t1)
+            return (index < stop) & (ts[jnp.minimum(index, n_out - 1)] <= s.t)
 
         def out_body(c):
-            index, ys, aux = c
+            index, block, aux = c
             t_out = ts[index]
-            theta = (t_out - s.t) / dt
-            val = tree_where(t_out >= t1, y1, solver.interpolate(info, theta))
-            ys = jax.tree.map(lambda buf, v: buf.at[index].set(v), ys, val)
-            aux = recorder.on_output(aux, index, s.num_accepted)
-            return index + 1, ys, aux
+            theta = (t_out - last["t"]) / dt
+            val = tree_where(t_out >= s.t, s.y, solver.interpolate(last["info"], theta))
+            block = jax.tree.map(lambda buf, v: buf.at[index - start].set(v), block, val)
+            aux = recorder.on_output(aux, index, step)
+            return index + 1, block, aux
 
-        return jax.lax.while_loop(out_cond, out_body, (s.index, s.ys, aux))
+        return jax.lax.while_loop(out_cond, out_body, (s.index, block, s.aux))
 
     def body(s):
         # Fixed-step methods step to every output time; adaptive ones only to the end (outputs
@@ -347,7 +374,15 @@ def integrate(
         ev, t_stop, y_stop = s.event, t1, y1
         if event is not None:
             ev, _, t_stop, y_stop = detect_event(s, accept, t1, y1, info, dt)
-        index, ys, aux = write_outputs(s, accept, aux, t_stop, y_stop, info, dt)
+        index, ys, last_step = s.index, s.ys, s.last_step
+        if n_out == 2:
+            index, ys, aux = write_end(s, accept, aux, t_stop, y_stop)
+        else:
+            # The last attempt, accepted or not: the inner loop stops after the step that passes
+            # an output, which is then the last attempt (no select needed to keep it).
+            last_step = dict(t=s.t, info=info)
+            if event is not None:  # the step's end may be an event time: keep its size
+                last_step["dt"] = dt
         dense_bufs = s.dense
         if dense:
             dense_bufs = record_dense(s.dense, accept, s.num_accepted, s.t, dt, info, y1)
@@ -363,7 +398,7 @@ def integrate(
             dt=dt_next,
             solver_state=solver_state,
             prev_err=prev_err,
-            last=None if s.last is None else jnp.stack([err, dt]).astype(tdtype),
+            last=None if s.last is None else (err, dt),
             index=index,
             ys=ys,
             nfe=nfe,
@@ -376,9 +411,60 @@ def integrate(
             aux=aux,
             dense=dense_bufs,
             event=ev,
+            last_step=last_step,
         )
 
-    state = jax.lax.while_loop(cond, body, state)
+    if n_out == 2:
+        state = jax.lax.while_loop(cond, body, state)
+    else:
+        # Three loops. The outputs after ts[0] go in blocks of up to 64 rows (a loop with a
+        # fixed trip count); within a block, the middle loop writes the outputs each passing
+        # step reached into the block, and the inner loop steps until a step passes the next
+        # output. The stepping loop carries no output buffer and the block is small: on XLA:CPU
+        # a loop body that touches a buffer over 512 bytes runs kernel by kernel through a
+        # dataflow executor, and a tiny system's stepping loop can be compiled into a single
+        # kernel (docs/benchmarks.md, "Small systems on the CPU"). Under vmap every member
+        # writes the same rows of the output buffers (no scatter), and only the small block is
+        # selected member by member while members step.
+        n_blocks = -(-(n_out - 1) // 64)
+        size = -(-(n_out - 1) // n_blocks)  # at most 64 rows; fewer than n_blocks rows of padding
+
+        def step_cond(s):
+            return cond(s) & (s.t < ts[jnp.minimum(s.index, n_out - 1)])
+
+        def block_body(k, c):
+            s, ys = c
+            start = 1 + k * size
+            stop = jnp.minimum(start + size, n_out)
+
+            def write_cond(c):
+                s, _ = c
+                pending = ts[jnp.minimum(s.index, n_out - 1)] <= s.t
+                return (s.index < stop) & (cond(s) | pending)
+
+            def write_body(c):
+                s, block = c
+                s = jax.lax.while_loop(step_cond, body, s)
+                index, block, aux = write_passed(s, block, start, stop)
+                new = eqx.tree_at(lambda x: (x.index, x.aux), s, (index, aux), is_leaf=_is_none)
+                return new, block
+
+            block = jax.tree.map(lambda buf: jax.lax.dynamic_slice_in_dim(buf, start, size), ys)
+            s, block = jax.lax.while_loop(write_cond, write_body, (s, block))
+            ys = jax.tree.map(
+                lambda buf, b: jax.lax.dynamic_update_slice_in_dim(buf, b, start, 0), ys, block
+            )
+            return s, ys
+
+        # Room for whole blocks: rows past the last output are cut off at the end.
+        pad = 1 + n_blocks * size - n_out
+        ys = jax.tree.map(
+            lambda buf: jnp.pad(buf, [(0, pad)] + [(0, 0)] * (buf.ndim - 1)), state.ys
+        )
+        state = eqx.tree_at(lambda x: x.ys, state, None)
+        state, ys = jax.lax.fori_loop(0, n_blocks, block_body, (state, ys))
+        ys = jax.tree.map(lambda buf: buf[:n_out], ys)
+        state = eqx.tree_at(lambda x: x.ys, state, ys, is_leaf=_is_none)
     short = (state.result == RESULTS.successful) & (state.t < t_end)
     if event is not None:
         short = short & ~state.event["happened"]

@@ -59,6 +59,16 @@ def test_compile_probe_reports_steps_and_program_size():
         assert 0 < float(compile_s) < float(total) and int(instructions) > 0
 
 
+def test_small_system_times_every_method_and_counts_one_kernel_loops():
+    from benchmarks.small_system import METHODS, Flags, _measure, table
+
+    rows = _measure(Flags(outputs=("3",), batch=2, rounds=1))
+    assert [(r["batch"], r["method"]) for r in rows] == [(b, m) for b in (0, 2) for m in METHODS]
+    assert all(r["ms"] > 0 and r["hoisted"] >= 0 for r in rows)
+    text = table({"default": rows})
+    assert text.count("\n") == 2 + 2 * len(METHODS) and "| 3 | 2 | ode_jax |" in text
+
+
 def test_list_flags_take_commas_or_spaces_and_all():
     from benchmarks import cli
     from benchmarks.run import parse_args
@@ -81,6 +91,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("train_step", ["--methods", "torchdiffeq", "--no-torch"], "no method left to run"),
         ("stiff", ["--problems", "robertson,vdp"], "--problems: unknown vdp"),
         ("adjoint_study", ["--couplings", "1,x"], "--couplings: could not convert"),
+        ("small_system", ["--outputs", "1,100"], "give whole numbers >= 2"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )

@@ -113,3 +113,29 @@ def test_vmap_over_tolerances():
     )(jnp.array([1e-3, 1e-6, 1e-9]))
     nfe = np.asarray(sol.stats["nfe"])
     assert nfe[0] < nfe[1] < nfe[2]
+
+
+def test_output_count_changes_no_step():
+    """Outputs come from the dense output: 1, a few or hundreds of output times per step give
+    the same steps, and each output matches the exact solution; under vmap each member writes
+    its own outputs from its own steps."""
+    y0 = jnp.array([1.0, -2.0])
+    kw = dict(rtol=1e-6, atol=1e-9)
+    ref = ode_jax.odeint(decay, y0, jnp.array([0.0, 4.0]), 0.7, **kw)
+    n_steps = int(ref.stats["num_steps"])
+    assert n_steps > 5
+    for n in (3, 60, 400):
+        ts = jnp.linspace(0.0, 4.0, n)
+        sol = jax.jit(lambda y0, ts: ode_jax.odeint(decay, y0, ts, 0.7, **kw))(y0, ts)
+        assert {k: int(v) for k, v in sol.stats.items()} == {
+            k: int(v) for k, v in ref.stats.items()
+        }
+        np.testing.assert_allclose(sol.ys[-1], ref.ys[-1], rtol=1e-12)
+        np.testing.assert_allclose(sol.ys, decay_exact(ts, y0, 0.7), rtol=0, atol=2e-6)
+    ts = jnp.linspace(0.0, 4.0, 400)
+    rates = jnp.array([3.0, 0.05])
+    batch = jax.vmap(lambda rate: ode_jax.odeint(decay, y0, ts, rate, **kw))(rates)
+    for i, rate in enumerate(rates):
+        alone = ode_jax.odeint(decay, y0, ts, rate, **kw)
+        np.testing.assert_allclose(batch.ys[i], alone.ys, rtol=1e-12, atol=1e-15)
+        assert int(batch.stats["nfe"][i]) == int(alone.stats["nfe"])
