@@ -16,7 +16,9 @@ import ode_jax
 ANCHORS = ("diffrax-rca", "diffrax-backsolve", "jax.experimental.ode")
 
 
-def _ode_jax(adjoint: str) -> Callable:
+def ode_jax_method(adjoint: str, controller: ode_jax.PIDController | None = None) -> Callable:
+    """ode_jax's dopri5 with ``adjoint`` (and ``controller``, None: the default one)."""
+
     def build(problem, vf):
         def solve(params):
             sol = ode_jax.odeint(
@@ -28,6 +30,7 @@ def _ode_jax(adjoint: str) -> Callable:
                 rtol=problem.rtol,
                 atol=problem.atol,
                 adjoint=adjoint,
+                controller=controller,
             )
             return sol.ys
 
@@ -86,8 +89,8 @@ def _jax_experimental(problem, vf):
 
 
 JAX_METHODS: dict[str, Callable] = {
-    "ode_jax-discrete": _ode_jax("discrete"),
-    "ode_jax-continuous": _ode_jax("continuous"),
+    "ode_jax-discrete": ode_jax_method("discrete"),
+    "ode_jax-continuous": ode_jax_method("continuous"),
     "diffrax-rca": _diffrax("rca"),
     "diffrax-backsolve": _diffrax("backsolve"),
     "jax.experimental.ode": _jax_experimental,

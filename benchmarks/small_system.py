@@ -44,22 +44,16 @@ class Flags:
     """internal: the XLA threshold of a worker process (-1: the parent)"""
 
 
-def _builder(method, jax_methods):
+def _builder(method):
     """``problem, vf -> (params -> ys)`` for a row of the table."""
+    from .methods import JAX_METHODS, ode_jax_method
+
     if not method.startswith("ode_jax"):
-        return jax_methods[method]
+        return JAX_METHODS[method]
     import ode_jax
 
-    controller = ode_jax.PIDController(observed_order="observed_order=False" not in method)
-
-    def build(problem, vf):
-        def solve(params):
-            kw = dict(solver="dopri5", rtol=problem.rtol, atol=problem.atol)
-            return ode_jax.odeint(vf, problem.y0, problem.ts, params, controller=controller, **kw)
-
-        return lambda params: solve(params).ys
-
-    return build
+    observed = "observed_order=False" not in method
+    return ode_jax_method("continuous", ode_jax.PIDController(observed_order=observed))
 
 
 def _measure(flags: Flags) -> list[dict]:
@@ -68,7 +62,6 @@ def _measure(flags: Flags) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from .methods import JAX_METHODS
     from .problems import make_spiral
 
     base = make_spiral()
@@ -79,7 +72,7 @@ def _measure(flags: Flags) -> list[dict]:
         for batch in (0, flags.batch) if flags.batch else (0,):
             scales = jnp.linspace(0.5, 1.5, max(batch, 1), dtype=jnp.float32)
             for method in METHODS:
-                build = _builder(method, JAX_METHODS)
+                build = _builder(method)
                 if batch:
 
                     def fn(y0s, build=build, problem=problem):

@@ -5,11 +5,10 @@ backwards solve onto this by flipping the sign of time. Outputs are written with
 dense output, so steps need not land on the output times (fixed-step methods do land on them).
 The loop talks to the method only through :class:`ode_jax.AbstractSolver`.
 
-With more than one output after ts[0] the loop is two nested ``while_loop``s: the inner one
-steps (and carries the last accepted step's dense information), the outer one writes the
-outputs each passing step reached. The output buffers stay out of the stepping loop, whose
-body XLA:CPU then runs sequentially or, for a tiny system, compiles into a single kernel (see
-"Small systems on the CPU" in docs/benchmarks.md).
+With more than one output after ts[0] the outputs are written in blocks of rows outside the
+stepping loop, which carries the last step's dense information instead (see the end of
+:func:`integrate`). XLA:CPU then runs the stepping loop's kernels sequentially or, for a tiny
+system, compiles it into a single kernel ("Small systems on the CPU" in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -69,7 +68,7 @@ class _State(eqx.Module):
     dt: jax.Array
     solver_state: Any
     prev_err: jax.Array
-    last: jax.Array | None  # (scaled error, step size) of the last attempt; None: not used
+    last: tuple | None  # (scaled error, step size) of the last attempt; None: not used
     index: jax.Array  # next output to write
     ys: Any  # the output buffers; None while stepping between outputs (see integrate)
     nfe: jax.Array
@@ -236,6 +235,10 @@ def integrate(
         last_step=last_step,
     )
 
+    def next_time(index):
+        """ts[index], clamped to the last output (index runs up to n_out)."""
+        return ts[jnp.minimum(index, n_out - 1)]
+
     def cond(s):
         going = (s.t < t_end) & (s.result == RESULTS.successful) & (s.num_steps < max_steps)
         return going if event is None else going & ~s.event["happened"]
@@ -303,7 +306,7 @@ def integrate(
 
         def out_cond(c):
             index, _, _ = c
-            return (index < stop) & (ts[jnp.minimum(index, n_out - 1)] <= s.t)
+            return (index < stop) & (next_time(index) <= s.t)
 
         def out_body(c):
             index, block, aux = c
@@ -321,7 +324,7 @@ def integrate(
         # in between come from the dense output). A step that would stop just short of its
         # target (by rounding, or by under 0.1% of the step) is stretched onto it, rather than
         # leaving a sliver of a step to take next.
-        target = t_end if solver.adaptive else ts[jnp.minimum(s.index, n_out - 1)]
+        target = t_end if solver.adaptive else next_time(s.index)
         t1 = s.t + s.dt
         slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
         t1 = jnp.where(t1 >= target - slack, target, t1)
@@ -430,7 +433,7 @@ def integrate(
         size = -(-(n_out - 1) // n_blocks)  # at most 64 rows; fewer than n_blocks rows of padding
 
         def step_cond(s):
-            return cond(s) & (s.t < ts[jnp.minimum(s.index, n_out - 1)])
+            return cond(s) & (s.t < next_time(s.index))
 
         def block_body(k, c):
             s, ys = c
@@ -439,7 +442,7 @@ def integrate(
 
             def write_cond(c):
                 s, _ = c
-                pending = ts[jnp.minimum(s.index, n_out - 1)] <= s.t
+                pending = next_time(s.index) <= s.t
                 return (s.index < stop) & (cond(s) | pending)
 
             def write_body(c):
