@@ -93,6 +93,15 @@ def test_groupnorm(shape, spatial):
     assert jnp.all(jnp.isfinite(g.weight)) and jnp.any(g.weight != 0)
 
 
+def test_groupnorm_half_precision_sums_in_float32():
+    # 8192 values near 100 per group: their float16 sum (about 8e5) overflows float16's range.
+    x = (100 + jax.random.normal(KEY, (1, 64, 64, 6))).astype(jnp.float16)
+    out = nn.GroupNorm(3, 6)(x)
+    assert out.dtype == jnp.float16
+    want = nn.GroupNorm(3, 6)(x.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(out, np.float32), want, atol=0.05)
+
+
 def test_groupnorm_bad_shape():
     with pytest.raises(ValueError, match="multiple of groups"):
         nn.GroupNorm(4, 6)
