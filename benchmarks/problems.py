@@ -6,12 +6,14 @@ torch modules are built from the JAX arrays), so every library integrates the sa
 * ``mlp``: y' = W3 tanh(W2 tanh(W1 y + b1) + b2) + b3, batch 256, state 32, hidden 64,
   t in [0, 10], rtol 1e-6, atol 1e-8; loss = mean(y(10)**2).
 * ``odenet``: torchdiffeq's odenet_mnist ODEfunc (norm1-relu-conv1-norm2-relu-conv2-norm3,
-  GroupNorm(32, 64), 3x3 ConcatConv2d) on a (128, 6, 6, 64) channels-last state, t in [0, 1],
+  ``ode_jax.nn.GroupNorm(32, 64)``, 3x3 ``ode_jax.nn.ConcatConv2d``: the library's own modules,
+  as the ODE-Net experiment uses them) on a (128, 6, 6, 64) channels-last state, t in [0, 1],
   rtol = atol = 1e-3; loss = mean(y(1)**2). Gradients w.r.t. all ODEfunc parameters (the conv
   weights and biases and the norms' affine parameters, as torch's parameters()).
 * ``mlp_eqx``: (a) written as users write it, an ``eqx.nn.MLP`` vmapped over the batch.
-* ``odenet_plain``: (b) with GroupNorm without affine parameters and convolutions without
-  biases, loss sum(y(1)**2) / batch (a larger adjoint: the backward error control matters).
+* ``odenet_plain``: (b) as users write it: a hand-written GroupNorm (``GroupNormNHWC``, one
+  reduction over the grouped view) without affine parameters, convolutions without biases,
+  loss sum(y(1)**2) / batch (a larger adjoint: the backward error control matters).
 * ``spiral``: y' = (y**3) @ A, A = [[-0.1, 2], [-2, -0.1]], y0 = [2, 0], 1000 output times on
   [0, 25], rtol 1e-6, atol 1e-8; loss = mean(ys**2) over all outputs; gradient w.r.t. A.
 """
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ode_jax.nn import GroupNorm
 from ode_jax.nn._conv import ConcatConv2d
 
 F32 = jnp.float32
@@ -186,47 +189,46 @@ def make_mlp_eqx(quick: bool = False) -> Problem:
 
 
 class GroupNormNHWC(eqx.Module):
-    """GroupNorm over a channels-last (N, H, W, C) batch, as torch.nn.GroupNorm (eps 1e-5);
-    ``affine=False``: no learned scale and shift."""
+    """GroupNorm over a channels-last (N, H, W, C) batch without affine parameters, as
+    torch.nn.GroupNorm(affine=False) (eps 1e-5), written the direct way: one mean and one
+    variance over the (N, H, W, groups, C / groups) view."""
 
-    scale: jax.Array | None
-    bias: jax.Array | None
     groups: int = eqx.field(static=True)
-
-    def __init__(self, groups, channels, affine=True):
-        self.scale = jnp.ones((channels,), F32) if affine else None
-        self.bias = jnp.zeros((channels,), F32) if affine else None
-        self.groups = groups
 
     def __call__(self, x):
         n, h, w, c = x.shape
         xg = x.reshape(n, h, w, self.groups, c // self.groups)
         mean = jnp.mean(xg, axis=(1, 2, 4), keepdims=True)
         var = jnp.mean(jnp.square(xg - mean), axis=(1, 2, 4), keepdims=True)
-        xg = (xg - mean) * jax.lax.rsqrt(var + 1e-5)
-        if self.scale is None:
-            return xg.reshape(n, h, w, c)
-        return xg.reshape(n, h, w, c) * self.scale + self.bias
+        return ((xg - mean) * jax.lax.rsqrt(var + 1e-5)).reshape(n, h, w, c)
 
 
 class ODEFunc(eqx.Module):
-    """torchdiffeq's odenet_mnist ODEfunc, channels-last."""
+    """torchdiffeq's odenet_mnist ODEfunc, channels-last. ``plain``: as users often write it,
+    with the hand-written :class:`GroupNormNHWC` without affine parameters and convolutions
+    without biases; otherwise with ``ode_jax.nn.GroupNorm``."""
 
-    norm1: GroupNormNHWC
+    norm1: eqx.Module
     conv1: ConcatConv2d
-    norm2: GroupNormNHWC
+    norm2: eqx.Module
     conv2: ConcatConv2d
-    norm3: GroupNormNHWC
+    norm3: eqx.Module
 
-    def __init__(self, dim, *, key, impl="auto", affine=True, bias=True):
+    def __init__(self, dim, *, key, impl="auto", plain=False):
         k1, k2 = jax.random.split(key)
         groups = min(32, dim)
-        conv = dict(impl=impl, dtype=F32, use_bias=bias)
-        self.norm1 = GroupNormNHWC(groups, dim, affine)
+        conv = dict(impl=impl, dtype=F32, use_bias=not plain)
+
+        def norm():
+            if plain:
+                return GroupNormNHWC(groups)
+            return GroupNorm(groups, dim, dtype=F32)
+
+        self.norm1 = norm()
         self.conv1 = ConcatConv2d(dim, dim, 3, 1, 1, key=k1, **conv)
-        self.norm2 = GroupNormNHWC(groups, dim, affine)
+        self.norm2 = norm()
         self.conv2 = ConcatConv2d(dim, dim, 3, 1, 1, key=k2, **conv)
-        self.norm3 = GroupNormNHWC(groups, dim, affine)
+        self.norm3 = norm()
 
     def __call__(self, t, x):
         out = self.conv1(t, jax.nn.relu(self.norm1(x)))
@@ -244,7 +246,7 @@ def make_odenet(quick: bool = False, plain: bool = False) -> Problem:
     (a_y = 2 y / batch) is large enough for the backward error control to matter."""
     batch, size, dim = (8, 6, 16) if quick else (128, 6, 64)
     kf, ky = jax.random.split(jax.random.key(1))
-    func = ODEFunc(dim, key=kf, affine=not plain, bias=not plain)
+    func = ODEFunc(dim, key=kf, plain=plain)
     y0 = jax.random.normal(ky, (batch, size, size, dim), F32)
     ts = np.array([0.0, 1.0], np.float32)
 

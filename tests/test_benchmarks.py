@@ -1,7 +1,10 @@
 """The benchmark entry point runs end to end (tiny sizes, two methods, no NFE compiles)."""
 
+import jax
 import pytest
 
+from benchmarks.methods import torch_available
+from benchmarks.problems import PROBLEMS
 from benchmarks.run import main
 
 
@@ -121,3 +124,23 @@ def test_a_user_mistake_is_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: --cases: unknown nope; choose from mlp, mlp_eqx, odenet, odenet_plain, spiral"
     ]
+
+
+@pytest.mark.skipif(not torch_available(), reason="torch/torchdiffeq not installed")
+@pytest.mark.parametrize("case", ["mlp", "mlp_eqx", "odenet", "odenet_plain", "spiral"])
+def test_torch_field_equals_the_jax_field(case):
+    """Every library integrates the same function: the torch module built from the JAX weights
+    gives the JAX field's value at y0 (up to float32 round-off)."""
+    import numpy as np
+    import torch
+
+    problem = PROBLEMS[case](quick=True)
+    module, y0_t, _, _ = problem.make_torch()
+    # The benchmark fields are written as in a user's script: implicit broadcasting allowed.
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        want = np.asarray(problem.vf(0.3, problem.y0, problem.params))
+    with torch.no_grad():
+        got = module(torch.tensor(0.3), y0_t).numpy()
+    if got.ndim == 4:  # torch's ODE-Net is NCHW
+        got = got.transpose(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
