@@ -72,6 +72,22 @@ def test_small_system_times_every_method_and_counts_one_kernel_loops():
     assert text.count("\n") == 2 + 2 * len(METHODS) and "| 3 | 2 | ode_jax |" in text
 
 
+def test_groupnorm_forms_agree_and_the_script_times_both(capsys):
+    import numpy as np
+
+    import ode_jax.nn as onn
+    from benchmarks.groupnorm import main
+    from benchmarks.problems import GroupNormNHWC
+
+    x = jax.random.normal(jax.random.key(0), (2, 3, 3, 8), jax.numpy.float32) * 3 + 1
+    np.testing.assert_allclose(
+        GroupNormNHWC(4)(x), onn.GroupNorm(4, 8, affine=False)(x), rtol=1e-5, atol=1e-5
+    )
+    text = main(["--quick", "--no-torch"])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "ms" not in line]
+    assert len(rows) == 4 and all(float(r.split("|")[-2]) > 0 for r in rows)
+
+
 def test_list_flags_take_commas_or_spaces_and_all():
     from benchmarks import cli
     from benchmarks.run import parse_args
@@ -95,6 +111,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("stiff", ["--problems", "robertson,vdp"], "--problems: unknown vdp"),
         ("adjoint_study", ["--couplings", "1,x"], "--couplings: could not convert"),
         ("small_system", ["--outputs", "1,100"], "give whole numbers >= 2"),
+        ("groupnorm", ["--out", "no_such_folder/groupnorm.md"], "mkdir -p no_such_folder"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )
