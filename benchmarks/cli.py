@@ -15,7 +15,7 @@ import tyro
 
 from experiments.common.cli import UserError, entry
 
-__all__ = ["UserError", "entry", "names", "numbers", "parse", "writable"]
+__all__ = ["UserError", "entry", "names", "numbers", "parse", "publish", "writable"]
 
 
 def parse(cls, argv: Sequence[str] | None, name: str):
@@ -53,3 +53,12 @@ def writable(path: str, flag: str = "--out") -> str:
     if path and not parent.is_dir():
         raise UserError(f"{flag} {path}: no folder {parent}; create it (mkdir -p {parent})")
     return path
+
+
+def publish(text: str, path: str) -> str:
+    """Print a finished report and write it to ``path`` too ('' = print only); returns it."""
+    print(text)
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text)
+    return text

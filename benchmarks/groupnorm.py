@@ -97,11 +97,7 @@ def main(argv=None) -> str:
         f"JAX backend {jax.default_backend()}; the VJP includes the forward pass it needs.\n\n"
         + table(measure(flags))
     )
-    print(text)
-    if flags.out:
-        with open(flags.out, "w") as fh:
-            fh.write(text)
-    return text
+    return cli.publish(text, flags.out)
 
 
 if __name__ == "__main__":

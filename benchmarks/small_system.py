@@ -170,10 +170,7 @@ def main(argv=None) -> None:
         "loops compiled into one kernel; `raised`: "
         f"`xla_cpu_small_while_loop_byte_threshold={RAISED}`.\n\n" + table(results)
     )
-    print(text)
-    if flags.out:
-        with open(flags.out, "w") as fh:
-            fh.write(text)
+    cli.publish(text, flags.out)
 
 
 if __name__ == "__main__":

@@ -610,12 +610,7 @@ def main(argv=None):
         budget_s=min(args.budget, 8.0) if args.quick else args.budget,
         count_nfe=args.nfe,
     )
-    report = text + "\n" + "\n".join(checks) + "\n"
-    print(report)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(report)
-    return report
+    return cli.publish(text + "\n" + "\n".join(checks) + "\n", args.out)
 
 
 if __name__ == "__main__":
