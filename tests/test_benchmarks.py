@@ -72,7 +72,7 @@ def test_small_system_times_every_method_and_counts_one_kernel_loops():
     assert text.count("\n") == 2 + 2 * len(METHODS) and "| 3 | 2 | ode_jax |" in text
 
 
-def test_groupnorm_forms_agree_and_the_script_times_both(capsys):
+def test_groupnorm_forms_agree_and_the_script_times_both():
     import numpy as np
 
     import ode_jax.nn as onn
