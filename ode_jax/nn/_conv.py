@@ -60,9 +60,12 @@ def _conv_matmul(x_NHWC, w_HWIO, stride: int, padding: int):
         rows = lax.slice(
             cols, (0, i, 0, 0), (n, i + stride * (ho - 1) + 1, wo, kw * c), (1, stride, 1, 1)
         )
-        term = rows @ w_HWIO[i].reshape(kw * c, -1)
+        # As a 2-d matmul: the weight gradient is then one (kw*c, n*ho*wo) x (n*ho*wo, out)
+        # product; from the 4-d form XLA:CPU builds it about 1.5x slower (the VJP of two 3x3
+        # convolutions inside a loop: 18.6 -> 12.8 ms on (b)'s shape).
+        term = rows.reshape(-1, kw * c) @ w_HWIO[i].reshape(kw * c, -1)
         out = term if out is None else out + term
-    return out
+    return out.reshape(n, ho, wo, -1)
 
 
 def _conv_native(x_NHWC, w_HWIO, stride: int, padding: int):
