@@ -52,7 +52,10 @@ class DiscreteAdjoint(AbstractAdjoint):
             sqrt(max_steps)); a solve with more steps recomputes segments from them, exactly.
 
     Memory: the accepted (t, dt) of up to ``max_steps`` steps, ``checkpoints`` states and one
-    segment of ``max_steps / checkpoints`` recomputed states.
+    segment of ``max_steps / checkpoints`` recomputed states. An explicit Runge-Kutta method
+    with unrolled stages (the default layout) also keeps one step's stage intermediates while
+    it pulls back through that step, when they take no more memory than those states (then
+    its stages are not evaluated twice); otherwise it recomputes them.
 
     Differentiable twice (``jax.hessian``, ``jax.jacrev(jax.grad(...))``, HVPs by
     ``jax.jvp`` of ``jax.grad``) unless the solve has dense output or an event or uses an ESDIRK
@@ -301,8 +304,9 @@ def _has_output(out_step, oi, n):
 
 
 def pull_back_step(
-    solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n, carry, inject=None
-):
+    solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, saved_n, carry, inject=None,
+    memory=None,
+):  # fmt: skip
     """Pull the cotangents of accepted step n (from (t_n, y_n, saved_n), size dt_n) and of the
     outputs written from it back to the step's start.
 
@@ -310,12 +314,14 @@ def pull_back_step(
     of the parameters, of ts, the next output to pull back (walking down), and the count of
     evaluations. Shared by every adjoint that walks the steps backwards. ``inject(n, info,
     y)``: the cotangents of step n's recorded dense info and end state (dense output, events).
+    ``memory``: bytes the step's VJP may keep alive (see
+    :meth:`~ode_jax.AbstractSolver.linearize_step`).
     """
     a_y, a_saved, a_d, g_ts, oi, nfe = carry
     with_dense = _has_output(out_step, oi, n)
     if inject is not None:
         with_dense = jnp.asarray(True)  # the recorded dense info may carry a cotangent
-    _, info, _, k1 = solver.recompute(vf, t_n, y_n, dt_n, d, saved_n, with_dense)
+    info, pull, k1 = solver.linearize_step(vf, t_n, y_n, dt_n, d, saved_n, with_dense, memory)
     ct_info0 = tree_zeros_like(info)
     if inject is not None:
         ct_info0, ct_y1 = inject(n, info, a_y)
@@ -333,9 +339,7 @@ def pull_back_step(
     oi, ct_info, g_ts, g_tn = jax.lax.while_loop(
         lambda c: _has_output(out_step, c[0], n), out_body, init
     )
-    gy, g_saved, gd, gt, k2 = solver.step_vjp(
-        vf, t_n, y_n, dt_n, d, saved_n, info, a_y, a_saved, ct_info, with_dense
-    )
+    gy, g_saved, gd, gt, k2 = pull(a_y, a_saved, ct_info)
     g_ts = g_ts.at[0].add((gt + g_tn).astype(g_ts.dtype))  # t_n = ts[0] + sum of dts
     return gy, g_saved, tree_add(a_d, gd), g_ts, oi, nfe + k1 + k2
 
@@ -357,8 +361,8 @@ def pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts):
 def discrete_backward(vf, solver, n_local, res, cts):
     """Walk the accepted steps backwards: recompute each segment from its checkpoint, then
     for each step (last first) pull the cotangents of its outputs and of its end state back
-    through :meth:`~ode_jax.AbstractSolver.interpolate` and
-    :meth:`~ode_jax.AbstractSolver.step_vjp`."""
+    through :meth:`~ode_jax.AbstractSolver.interpolate` and the step's VJP
+    (:meth:`~ode_jax.AbstractSolver.linearize_step`)."""
     y0, ts, d, tols, probe, stats, aux, ev_step = res
     g_ys, ct_dense, ct_event = cts[0], cts[4], cts[5]
     inject, g_t0 = injector(ct_dense, ct_event, ev_step)
@@ -391,7 +395,7 @@ def discrete_backward(vf, solver, n_local, res, cts):
             y_n, saved_n = tree_take(local, n - start)
             back = pull_back_step(
                 solver, vf, d, ts, g_ys, out_step, n, step_t[n], step_dt[n], y_n, saved_n, back,
-                inject,
+                inject, memory,
             )  # fmt: skip
             return n - 1, back
 
@@ -412,6 +416,10 @@ def discrete_backward(vf, solver, n_local, res, cts):
     # States of the segment being walked back, recomputed from its checkpoint; allocated once
     # and carried, not re-zeroed per segment.
     local = jax.tree.map(lambda b: jnp.zeros((n_local,) + b.shape[1:], b.dtype), ck)
+    # A step's VJP may keep its stage intermediates when they take no more memory than the
+    # checkpoints and this segment buffer; otherwise it recomputes them (see
+    # RungeKutta.linearize_step).
+    memory = sum(b.size * b.dtype.itemsize for b in jax.tree.leaves((ck, local)))
     _, back, _ = jax.lax.while_loop(lambda c: c[0] >= 0, segment, (n_seg - 1, back, local))
     a_y, a_saved, a_d, g_ts, _, nfe = back
     a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts)

@@ -132,6 +132,22 @@ class AbstractSolver(eqx.Module):
         ct_y, ct_saved, ct_a, ct_t = pull((ct_y1, ct_saved1, ct_dense))
         return ct_y, ct_saved, ct_a, ct_t, 2 * nfe
 
+    def linearize_step(self, f, t, y, dt, args, saved, with_dense, memory=None):
+        """An accepted step redone for the backward pass, with its VJP: returns
+        ``(dense_info, pull, nfe)``, where ``pull(ct_y1, ct_saved1, ct_dense)`` returns what
+        :meth:`step_vjp` does. The discrete adjoint calls this; the default is
+        :meth:`recompute` then :meth:`step_vjp` (a solver that can keep its stage
+        evaluations for their VJPs overrides it, as :class:`ode_jax.RungeKutta` does).
+        ``memory``: bytes the step may keep alive between the two (None: no limit)."""
+        _, info, _, nfe = self.recompute(f, t, y, dt, args, saved, with_dense)
+
+        def pull(ct_y1, ct_saved1, ct_dense):
+            return self.step_vjp(
+                f, t, y, dt, args, saved, info, ct_y1, ct_saved1, ct_dense, with_dense
+            )
+
+        return info, pull, nfe
+
     def fixed_step(self, f, t, y, dt, args, saved):
         """An accepted step redone from ``(t, y, saved)`` as plain JAX code that JAX can
         differentiate in every mode and to any order (the discrete adjoint's second

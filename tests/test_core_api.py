@@ -244,3 +244,76 @@ def test_float32_gradients_under_strict_promotion(adjoint):
 def test_every_result_code_has_a_message():
     codes = [v for k, v in vars(ode_jax.RESULTS).items() if isinstance(v, int)]
     assert sorted(codes) == list(range(len(ode_jax.RESULTS.messages)))
+
+
+# --- the discrete adjoint's step VJP ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["dopri5", "tsit5", "rk4"])
+@pytest.mark.parametrize("with_dense", [False, True])
+def test_unrolled_step_vjp_matches_the_looped_one(name, with_dense):
+    # RungeKutta.linearize_step takes one jax.vjp of the unrolled step; the looped layout
+    # recomputes the stages and walks them back by hand (AbstractSolver's default path).
+    # Both must give the same dense info, cotangents of (y, args, t) and evaluation counts.
+    solver = ode_jax.SOLVERS[name]
+    w = jnp.array([[0.3, -1.1], [0.7, 0.2]])
+
+    def f(t, y, a):
+        return jnp.tanh(y @ (a * w)) + jnp.sin(3.0 * t) * y
+
+    t, dt, a = jnp.asarray(0.4), jnp.asarray(0.3), jnp.asarray(1.3)
+    y = jnp.array([0.5, -0.8])
+    wd = jnp.asarray(with_dense)
+    keys = jax.random.split(jax.random.key(0), solver.stages + 2)
+    ct_y1 = jax.random.normal(keys[0], (2,))
+    ct_y0 = jax.random.normal(keys[1], (2,))
+    # Without dense output, the last FSAL stage is not evaluated: its cotangent is zero then.
+    used = solver.stages if (with_dense or not solver.fsal) else solver.stages - 1
+    ct_ks = [
+        jax.random.normal(k, (2,)) if i < used else jnp.zeros(2) for i, k in enumerate(keys[2:])
+    ]
+    ct_dense = (ct_y0, ct_ks, jnp.zeros(()))
+    results = []
+    for s in (solver, solver.looped()):
+        info, pull, nfe = s.linearize_step(f, t, y, dt, a, None, wd)
+        ct_y, _, ct_a, ct_t, nfe_vjp = pull(ct_y1, None, ct_dense)
+        ks = info[1][:used]
+        results.append((ks, ct_y, ct_a, ct_t, int(nfe), int(nfe_vjp)))
+    (ks_u, *rest_u), (ks_l, *rest_l) = results
+    np.testing.assert_allclose(np.stack(ks_u), np.stack(ks_l), rtol=1e-12)
+    for u, lo in zip(rest_u[:3], rest_l[:3]):
+        np.testing.assert_allclose(u, lo, rtol=1e-10, atol=1e-12)
+    assert rest_u[3:] == rest_l[3:] == [used, used]
+
+    # And against jax.vjp of the plain step (with every stage evaluated).
+    def step(y_, a_, t_):
+        y1, _, info, _, _ = solver.step(f, t_, y_, dt, a_, solver.init(f, t_, y_, a_)[0])
+        return y1, info[1][:used]
+
+    _, pull_ref = jax.vjp(step, y, a, t)
+    ref = pull_ref((ct_y1, ct_ks[:used]))
+    np.testing.assert_allclose(rest_u[0], ref[0] + ct_y0, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rest_u[1], ref[1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(rest_u[2], ref[2], rtol=1e-10, atol=1e-12)
+
+
+def test_unrolled_step_vjp_falls_back_when_its_intermediates_do_not_fit():
+    # Over the memory budget, RungeKutta.linearize_step recomputes the stages and walks them
+    # back in a loop instead of keeping them (one jax.vjp of the unrolled step has no loop).
+    solver = ode_jax.SOLVERS["dopri5"]
+
+    def f(t, y, a):
+        return jnp.tanh(a * y)
+
+    def grad_program(memory):
+        def run(y):
+            info, pull, _ = solver.linearize_step(
+                f, 0.0, y, 0.1, 2.0, None, jnp.asarray(False), memory
+            )
+            return pull(y, None, jax.tree.map(jnp.zeros_like, info))[0]
+
+        return str(jax.make_jaxpr(run)(jnp.ones(16)))
+
+    assert "while" not in grad_program(None)
+    assert "while" not in grad_program(10**6)
+    assert "while" in grad_program(64)
