@@ -318,12 +318,16 @@ class RungeKutta(AbstractSolver):
             y1, _, ks = rk_step(self, f, t_, y_, dt, a_, None, last_if=last_if)
             return y1, ks
 
-        if self.loops_stages:
+        # What the step's VJP keeps is about one VJP of f per stage: sized from an abstract
+        # trace of one, so that nothing enters the program when the step is recomputed instead
+        # (an unused VJP would still run any callback in f, and lengthen compilation).
+        if self.loops_stages or (
+            memory is not None
+            and self.stages * _residual_bytes(lambda y_, a_, t_: f(t_, y_, a_), (y, args, t))
+            > memory
+        ):
             return super().linearize_step(f, t, y, dt, args, saved, with_dense)
         (_, ks), vjp = jax.vjp(run, y, args, t)
-        if memory is not None and _residual_bytes(vjp, (y, args, t)) > memory:
-            # (What was traced for the VJP is unused then, and compiled away.)
-            return super().linearize_step(f, t, y, dt, args, saved, with_dense)
         n_eval = jnp.where(with_dense, self.stages, self._n_needed()).astype(jnp.int32)
 
         def pull(ct_y1, ct_saved1, ct_dense):
@@ -367,12 +371,16 @@ class RungeKutta(AbstractSolver):
         return ct_y, None, ct_a, ct_t, n_eval.astype(jnp.int32)
 
 
-def _residual_bytes(vjp, primals) -> int:
-    """Bytes of the intermediates a function returned by ``jax.vjp`` keeps for the backward
-    pass (the ``primals`` it was taken at, also kept, are not counted)."""
-    inputs = {id(x) for x in jax.tree.leaves(primals)}
-    kept = [r for r in jax.tree.leaves(vjp) if id(r) not in inputs]
-    return sum(math.prod(jnp.shape(r)) * jnp.result_type(r).itemsize for r in kept)
+def _residual_bytes(fn, primals) -> int:
+    """Bytes of the intermediates ``jax.vjp(fn, *primals)`` keeps for its backward pass (the
+    primals themselves, also kept, are not counted), from an abstract trace: nothing runs."""
+
+    def residuals(*xs):
+        inputs = {id(x) for x in jax.tree.leaves(xs)}
+        return [r for r in jax.tree.leaves(jax.vjp(fn, *xs)[1]) if id(r) not in inputs]
+
+    kept = jax.eval_shape(residuals, *primals)
+    return sum(math.prod(r.shape) * r.dtype.itemsize for r in kept)
 
 
 def _add(a, b):

@@ -88,6 +88,35 @@ def test_groupnorm_forms_agree_and_the_script_times_both():
     assert len(rows) == 4 and all(float(r.split("|")[-2]) > 0 for r in rows)
 
 
+def test_downsample_stacks_agree_and_the_script_times_them():
+    import numpy as np
+
+    from benchmarks.downsample import main
+    from benchmarks.methods import torch_available
+    from benchmarks.problems import _t
+    from benchmarks.train_step import Setup, make_data, make_jax_model, make_torch_model
+
+    text = main(["--quick", "--rounds", "1"])
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "ms |" not in line]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[:2] == ["JAX forward", "JAX forward + gradient"]
+    assert all(float(r.split("|")[-2]) > 0 for r in rows)
+    if not torch_available():
+        return
+    assert names[2:] == ["torch forward", "torch forward + gradient"]
+    # Both time the same function: the same weights give the same features.
+    import torch
+
+    setup = Setup.make(quick=True)
+    model = make_jax_model(setup)
+    x = make_data(setup)[0]
+    with torch.no_grad():
+        out_t = make_torch_model(model, setup).downsample(_t(x).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(
+        out_t.permute(0, 2, 3, 1).cpu().numpy(), model.downsample(x), rtol=1e-4, atol=1e-4
+    )
+
+
 def test_list_flags_take_commas_or_spaces_and_all():
     from benchmarks import cli
     from benchmarks.run import parse_args
@@ -112,6 +141,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("adjoint_study", ["--couplings", "1,x"], "--couplings: could not convert"),
         ("small_system", ["--outputs", "1,100"], "give whole numbers >= 2"),
         ("groupnorm", ["--out", "no_such_folder/groupnorm.md"], "mkdir -p no_such_folder"),
+        ("downsample", ["--out", "no_such_folder/downsample.md"], "mkdir -p no_such_folder"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )

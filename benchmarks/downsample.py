@@ -1,0 +1,97 @@
+"""(d)'s layers outside the ODE block: the ODE-Net's downsampling stack, JAX against torch.
+
+    python -m benchmarks.downsample --out benchmarks/downsample.md
+
+The training step (d) runs conv3x3 1->C, [GroupNorm, ReLU, conv4x4/2] x 2 before the ODE
+block, the same in every JAX method (``experiments.odenet``'s ``Downsample``: XLA's native
+convolutions, outside any loop) and in torch (its NCHW copy with the same weights, from
+:func:`benchmarks.train_step.make_torch_model`). This times that stack alone on (d)'s batch:
+its forward, and its forward with the gradient of sum(out**2) with respect to its parameters
+(the input is data: no input gradient), as medians of interleaved rounds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from . import cli
+from .measure import interleaved_medians
+from .methods import torch_available
+from .problems import _t
+from .train_step import Setup, make_data, make_jax_model, make_torch_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Flags:
+    quick: bool = False
+    """batch 8, width 16 (a smoke test of the script, not a measurement)"""
+    rounds: int = 7
+    """interleaved rounds; medians are reported"""
+    out: str = ""
+    """write the markdown table here too ('' = print only)"""
+
+
+def jax_calls(setup: Setup) -> dict:
+    """name -> zero-argument function running the JAX stack once (blocking)."""
+    down = make_jax_model(setup).downsample
+    x, _ = make_data(setup)
+    params, static = eqx.partition(down, eqx.is_array)
+
+    def out(p):
+        return eqx.combine(p, static)(x)
+
+    fwd = jax.jit(out)
+    grad = jax.jit(jax.grad(lambda p: jnp.sum(out(p) ** 2)))
+    return {
+        "JAX forward": lambda: jax.block_until_ready(fwd(params)),
+        "JAX forward + gradient": lambda: jax.block_until_ready(grad(params)),
+    }
+
+
+def torch_calls(setup: Setup) -> dict:
+    """The same for torch's copy of the stack (NCHW, same weights)."""
+    import torch
+
+    down = make_torch_model(make_jax_model(setup), setup).downsample
+    x = _t(make_data(setup)[0]).permute(0, 3, 1, 2).contiguous()
+
+    def forward():
+        with torch.no_grad():
+            down(x)
+
+    def gradient():
+        down.zero_grad()
+        torch.sum(down(x) ** 2).backward()
+
+    return {"torch forward": forward, "torch forward + gradient": gradient}
+
+
+def main(argv=None) -> str:
+    flags = cli.parse(Flags, argv, "downsample")
+    cli.writable(flags.out)
+    setup = Setup.make(flags.quick)
+    calls = jax_calls(setup)
+    threads = "-"
+    if torch_available():
+        import torch
+
+        threads = os.cpu_count() or 1  # as (d) on this machine
+        torch.set_num_threads(threads)
+        calls.update(torch_calls(setup))
+    ms = {name: 1e3 * s for name, s in interleaved_medians(calls, flags.rounds).items()}
+    lines = ["| what | ms |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in ms.items()]
+    text = (
+        f"(d)'s downsampling stack alone: batch {setup.batch}, 28x28x1 -> 6x6x{setup.width}, "
+        f"float32, JAX backend {jax.default_backend()}, torch threads {threads}; medians of "
+        f"{flags.rounds} interleaved rounds.\n\n" + "\n".join(lines) + "\n"
+    )
+    return cli.publish(text, flags.out)
+
+
+if __name__ == "__main__":
+    cli.entry(main)
