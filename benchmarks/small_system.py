@@ -27,7 +27,7 @@ import time
 from . import cli
 
 RAISED = 1 << 30
-METHODS = ("ode_jax", "ode_jax observed_order=False", "jax.experimental.ode", "diffrax-rca")
+METHODS = ("ode_jax", "ode_jax observed_order=True", "jax.experimental.ode", "diffrax-rca")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +52,8 @@ def _builder(method):
         return JAX_METHODS[method]
     import ode_jax
 
-    observed = "observed_order=False" not in method
+    # The default controller (no observed-order rule in forward solves), or the rule forced on.
+    observed = True if "observed_order=True" in method else None
     return ode_jax_method("continuous", ode_jax.PIDController(observed_order=observed))
 
 

@@ -190,7 +190,7 @@ class ContinuousAdjoint(AbstractAdjoint):
         max_steps = self.max_steps or options.max_steps
         backward_options = LoopOptions(
             solver=solver,
-            controller=options.controller,
+            controller=_backward_controller(options.controller),
             norm=seminorm if self.seminorm else mixed_norm,
             max_steps=max_steps,
         )
@@ -315,6 +315,14 @@ def _with_reconstruction(stats, recon):
 
 
 _BACKWARD_START = 0.85  # the first backward step, as a fraction of the forward's proposal
+
+
+def _backward_controller(controller):
+    """The forward's controller, with the observed-order rule on unless the user turned it
+    off (``observed_order=None`` means: in backward solves only)."""
+    if getattr(controller, "observed_order", False) is None:
+        return dataclasses.replace(controller, observed_order=True)
+    return controller
 
 
 def _usable_dt(dt, ts, i):

@@ -89,7 +89,11 @@ class PIDController:
         factormin, factormax: bounds on dt_new / dt after an accepted step.
         safety: safety factor (< 1). After a rejected step the factor is at most ``safety``.
         observed_order: after two rejections in a row, shrink the step by the order the two
-            attempts showed rather than the method's (see :meth:`factor`).
+            attempts showed rather than the method's (see :meth:`factor`). None (default):
+            in the continuous adjoint's backward solves only, where runs of rejections occur
+            (the ODE-Net block's backward NFE 177 -> 147); a forward solve then skips the
+            rule's per-step state, which keeps a small system's stepping loop within XLA:CPU's
+            one-kernel limit. True: in every solve; False: never.
 
     As in Hairer's codes (Hairer, Norsett & Wanner 1993, II.4), the step accepted right after a
     rejection does not grow the step size: it avoids runs of reject/accept/reject, and cut the
@@ -101,7 +105,7 @@ class PIDController:
     factormin: float = 0.2
     factormax: float = 10.0
     safety: float = 0.9
-    observed_order: bool = True
+    observed_order: bool | None = None
 
     def __post_init__(self):
         for name in ("pcoeff", "icoeff"):
@@ -114,6 +118,10 @@ class PIDController:
             )
         if not 0 < self.safety <= 1:
             raise ValueError(f"PIDController: safety={self.safety} must be in (0, 1]")
+        if not any(self.observed_order is v for v in (None, True, False)):
+            raise ValueError(
+                f"PIDController: observed_order={self.observed_order!r} must be None, True or False"
+            )
 
     def factor(self, err, prev_err, accept, order, prev_rejected=False, last=None):
         """Multiplicative update of the step size; err/prev_err are scaled errors (>= 0).
@@ -131,7 +139,8 @@ class PIDController:
         inv = 1.0 / jnp.maximum(err, tiny)
         inv_prev = 1.0 / jnp.maximum(prev_err, tiny)
         exponent = (self.pcoeff + self.icoeff) / order
-        if last is not None and self.observed_order:
+        # The stepping loop passes ``last`` only when the rule is on for its solve.
+        if last is not None and self.observed_order is not False:
             last_err, ratio = last
             seen = jnp.log(jnp.maximum(last_err, tiny) * inv) / jnp.log(ratio)
             seen = jnp.where(jnp.isfinite(seen) & (ratio > 1.01), seen, order)

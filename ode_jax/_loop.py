@@ -217,7 +217,7 @@ def integrate(
         # step, about 10% of a step of a 2-dimensional system).
         last=(
             (jnp.ones((), tdtype), jnp.ones((), tdtype))
-            if solver.adaptive and getattr(controller, "observed_order", False)
+            if solver.adaptive and getattr(controller, "observed_order", False) is True
             else None
         ),
         index=jnp.asarray(1, i32),

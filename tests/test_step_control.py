@@ -5,6 +5,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import ode_jax
 from ode_jax._control import PIDController
@@ -72,3 +73,41 @@ def test_backward_solve_of_relu_field():
     # evaluations on the ODE-Net block instead); jax.experimental.ode and diffrax
     # BacksolveAdjoint take about 40-45 on the same problem (fwd + bwd: 59 / 62).
     assert float(stats["nfe"]) <= 60
+
+
+def test_default_controller_uses_the_rule_in_backward_solves_only():
+    # A forward solve that starts far too long rejects several times in a row: the default
+    # controller steps as observed_order=False there, and the rule (True) changes the steps.
+    mlp = eqx.nn.MLP(8, 8, 32, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    y0 = jax.random.normal(jax.random.key(1), (64, 8))
+    ts = jnp.array([0.0, 1.0])
+
+    def field(t, y, m):
+        return 3.0 * jax.vmap(m)(y)
+
+    def solve(observed, adjoint="continuous"):
+        ctl = PIDController() if observed == "default" else PIDController(observed_order=observed)
+        return ode_jax.odeint(
+            field, y0, ts, mlp, dt0=1.0, rtol=1e-8, atol=1e-8, controller=ctl, adjoint=adjoint
+        )
+
+    nfe = {o: int(solve(o).stats["nfe"]) for o in ("default", False, True)}
+    assert nfe["default"] == nfe[False] != nfe[True]
+
+    # The backward solve of the continuous adjoint: the default is the rule on.
+    def backward_nfe(observed):
+        ctl = PIDController() if observed == "default" else PIDController(observed_order=observed)
+
+        def loss(p, probe):
+            sol = ode_jax.odeint(
+                field, y0, ts, p, rtol=1e-6, atol=1e-6, controller=ctl, probe=probe
+            )
+            return jnp.sum(sol.ys[-1] ** 2)
+
+        g = jax.grad(loss, argnums=1)(mlp, ode_jax.make_probe())
+        return int(ode_jax.probe_stats(g)["nfe"])
+
+    b = {o: backward_nfe(o) for o in ("default", False, True)}
+    assert b["default"] == b[True] != b[False]
+    with pytest.raises(ValueError, match="observed_order"):
+        PIDController(observed_order=1)
