@@ -36,9 +36,9 @@ class Flags:
     """write the markdown table here too ('' = print only)"""
 
 
-def jax_calls(setup: Setup) -> dict:
-    """name -> zero-argument function running the JAX stack once (blocking)."""
-    down = make_jax_model(setup).downsample
+def jax_calls(model, setup: Setup) -> dict:
+    """name -> zero-argument function running ``model``'s JAX stack once (blocking)."""
+    down = model.downsample
     x, _ = make_data(setup)
     params, static = eqx.partition(down, eqx.is_array)
 
@@ -53,11 +53,11 @@ def jax_calls(setup: Setup) -> dict:
     }
 
 
-def torch_calls(setup: Setup) -> dict:
+def torch_calls(model, setup: Setup) -> dict:
     """The same for torch's copy of the stack (NCHW, same weights)."""
     import torch
 
-    down = make_torch_model(make_jax_model(setup), setup).downsample
+    down = make_torch_model(model, setup).downsample
     x = _t(make_data(setup)[0]).permute(0, 3, 1, 2).contiguous()
 
     def forward():
@@ -75,14 +75,15 @@ def main(argv=None) -> str:
     flags = cli.parse(Flags, argv, "downsample")
     cli.writable(flags.out)
     setup = Setup.make(flags.quick)
-    calls = jax_calls(setup)
+    model = make_jax_model(setup)
+    calls = jax_calls(model, setup)
     threads = "-"
     if torch_available():
         import torch
 
         threads = os.cpu_count() or 1  # as (d) on this machine
         torch.set_num_threads(threads)
-        calls.update(torch_calls(setup))
+        calls.update(torch_calls(model, setup))
     ms = {name: 1e3 * s for name, s in interleaved_medians(calls, flags.rounds).items()}
     lines = ["| what | ms |", "|---|---:|"] + [f"| {k} | {v:.1f} |" for k, v in ms.items()]
     text = (

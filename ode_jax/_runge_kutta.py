@@ -332,8 +332,7 @@ class RungeKutta(AbstractSolver):
 
         def pull(ct_y1, ct_saved1, ct_dense):
             ct_y0, ct_ks, _ = ct_dense
-            ct_ks = [jax.tree.map(jnp.zeros_like, k) if c is None else c for c, k in zip(ct_ks, ks)]
-            ct_y, ct_a, ct_t = vjp((ct_y1, ct_ks))
+            ct_y, ct_a, ct_t = vjp((ct_y1, _stage_cotangents(ct_ks, ks)))
             return _add(ct_y, ct_y0), None, ct_a, ct_t, n_eval
 
         return (y, ks, dt), pull, n_eval
@@ -348,12 +347,7 @@ class RungeKutta(AbstractSolver):
         a_mat, b_vec, c_vec = stage_matrices(self, jnp.result_type(t, dt))
         ks = _stack(dense_info[1])
         ct_y0, ct_ks, _ = ct_dense
-        ct_ks = _stack(
-            [
-                jax.tree.map(jnp.zeros_like, k) if c is None else c
-                for c, k in zip(ct_ks, dense_info[1])
-            ]
-        )
+        ct_ks = _stack(_stage_cotangents(ct_ks, dense_info[1]))
         ct_ks = _add_outer(ct_ks, dt * b_vec, ct_y1)  # y1 = y + dt * sum_i b_i k_i
 
         def body(r, carry):
@@ -369,6 +363,11 @@ class RungeKutta(AbstractSolver):
         init = (ct_ks, _add(ct_y1, ct_y0), zero_a, jnp.zeros((), jnp.result_type(t)))
         _, ct_y, ct_a, ct_t = jax.lax.fori_loop(s - n_eval, s, body, init)
         return ct_y, None, ct_a, ct_t, n_eval.astype(jnp.int32)
+
+
+def _stage_cotangents(ct_ks, ks):
+    """The dense output's cotangents of the stages, zeros where it gave None."""
+    return [jax.tree.map(jnp.zeros_like, k) if c is None else c for c, k in zip(ct_ks, ks)]
 
 
 def _residual_bytes(fn, primals) -> int:

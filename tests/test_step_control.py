@@ -85,18 +85,19 @@ def test_default_controller_uses_the_rule_in_backward_solves_only():
     def field(t, y, m):
         return 3.0 * jax.vmap(m)(y)
 
-    def solve(observed, adjoint="continuous"):
-        ctl = PIDController() if observed == "default" else PIDController(observed_order=observed)
-        return ode_jax.odeint(
-            field, y0, ts, mlp, dt0=1.0, rtol=1e-8, atol=1e-8, controller=ctl, adjoint=adjoint
-        )
+    def controller(observed):
+        return PIDController() if observed == "default" else PIDController(observed_order=observed)
+
+    def solve(observed):
+        ctl = controller(observed)
+        return ode_jax.odeint(field, y0, ts, mlp, dt0=1.0, rtol=1e-8, atol=1e-8, controller=ctl)
 
     nfe = {o: int(solve(o).stats["nfe"]) for o in ("default", False, True)}
     assert nfe["default"] == nfe[False] != nfe[True]
 
     # The backward solve of the continuous adjoint: the default is the rule on.
     def backward_nfe(observed):
-        ctl = PIDController() if observed == "default" else PIDController(observed_order=observed)
+        ctl = controller(observed)
 
         def loss(p, probe):
             sol = ode_jax.odeint(
