@@ -98,8 +98,10 @@ def _aot(fn, *args):
     return compiled, seconds, temp
 
 
-def jax_runner(name: str, problem, count_nfe: bool = True) -> Runner:
-    build = JAX_METHODS[name]
+def jax_runner(name: str, problem, count_nfe: bool = True, build: Callable | None = None) -> Runner:
+    """``name``'s runner on ``problem``; ``build``: a method as in :mod:`benchmarks.methods`
+    (default: ``JAX_METHODS[name]``)."""
+    build = build or JAX_METHODS[name]
     solve = build(problem, problem.vf)
     params = problem.params
 

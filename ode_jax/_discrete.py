@@ -50,12 +50,17 @@ class DiscreteAdjoint(AbstractAdjoint):
     Args:
         checkpoints: how many states the forward pass stores (default about
             sqrt(max_steps)); a solve with more steps recomputes segments from them, exactly.
+        keep_stages: whether pulling back through a step keeps that step's stage
+            intermediates (one ``jax.vjp`` of the whole step: its stages are evaluated once)
+            or recomputes the stages and walks them back one by one (two evaluations per stage,
+            one copy of f's VJP in the program: less memory, shorter compilation). None
+            (default): keep them when they take no more memory than the stored states below;
+            True: always; False: never. Only explicit Runge-Kutta methods with unrolled stages
+            (the default layout) can keep them; the gradient is the same either way.
 
     Memory: the accepted (t, dt) of up to ``max_steps`` steps, ``checkpoints`` states and one
-    segment of ``max_steps / checkpoints`` recomputed states. An explicit Runge-Kutta method
-    with unrolled stages (the default layout) also keeps one step's stage intermediates while
-    it pulls back through that step, when they take no more memory than those states (then
-    its stages are not evaluated twice); otherwise it recomputes them.
+    segment of ``max_steps / checkpoints`` recomputed states, plus one step's stage
+    intermediates when they are kept (see ``keep_stages``).
 
     Differentiable twice (``jax.hessian``, ``jax.jacrev(jax.grad(...))``, HVPs by
     ``jax.jvp`` of ``jax.grad``) unless the solve has dense output or an event or uses an ESDIRK
@@ -63,11 +68,16 @@ class DiscreteAdjoint(AbstractAdjoint):
     """
 
     checkpoints: int | None = None
+    keep_stages: bool | None = None
 
     def __post_init__(self):
         positive_or_none(
             "DiscreteAdjoint", "checkpoints", self.checkpoints, integer=True, minimum=2
         )
+        if not any(self.keep_stages is v for v in (None, True, False)):
+            raise ValueError(
+                f"DiscreteAdjoint: keep_stages={self.keep_stages!r} must be None, True or False"
+            )
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
         vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
@@ -79,7 +89,7 @@ class DiscreteAdjoint(AbstractAdjoint):
             return outputs(out), out.aux, event_step(out)
 
         def backward(res, cts):
-            return discrete_backward(vf, solver, n_local, res, cts)
+            return discrete_backward(vf, solver, n_local, res, cts, self.keep_stages)
 
         why = _why_not_twice(options)
         if why:
@@ -358,11 +368,12 @@ def pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts):
     return tree_add(a_y, gy), tree_add(a_d, gd), g_ts.at[0].add(gt.astype(g_ts.dtype))
 
 
-def discrete_backward(vf, solver, n_local, res, cts):
+def discrete_backward(vf, solver, n_local, res, cts, keep_stages=None):
     """Walk the accepted steps backwards: recompute each segment from its checkpoint, then
     for each step (last first) pull the cotangents of its outputs and of its end state back
     through :meth:`~ode_jax.AbstractSolver.interpolate` and the step's VJP
-    (:meth:`~ode_jax.AbstractSolver.linearize_step`)."""
+    (:meth:`~ode_jax.AbstractSolver.linearize_step`, whose memory allowance ``keep_stages``
+    sets: see :class:`DiscreteAdjoint`)."""
     y0, ts, d, tols, probe, stats, aux, ev_step = res
     g_ys, ct_dense, ct_event = cts[0], cts[4], cts[5]
     inject, g_t0 = injector(ct_dense, ct_event, ev_step)
@@ -420,6 +431,8 @@ def discrete_backward(vf, solver, n_local, res, cts):
     # checkpoints and this segment buffer; otherwise it recomputes them (see
     # RungeKutta.linearize_step).
     memory = sum(b.size * b.dtype.itemsize for b in jax.tree.leaves((ck, local)))
+    if keep_stages is not None:
+        memory = None if keep_stages else 0
     _, back, _ = jax.lax.while_loop(lambda c: c[0] >= 0, segment, (n_seg - 1, back, local))
     a_y, a_saved, a_d, g_ts, _, nfe = back
     a_y, a_d, g_ts = pull_back_init(solver, vf, d, ts, y0, a_y, a_saved, a_d, g_ts)

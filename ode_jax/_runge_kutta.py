@@ -323,8 +323,11 @@ class RungeKutta(AbstractSolver):
         # (an unused VJP would still run any callback in f, and lengthen compilation).
         if self.loops_stages or (
             memory is not None
-            and self.stages * _residual_bytes(lambda y_, a_, t_: f(t_, y_, a_), (y, args, t))
-            > memory
+            and (
+                memory == 0
+                or self.stages * _residual_bytes(lambda y_, a_, t_: f(t_, y_, a_), (y, args, t))
+                > memory
+            )
         ):
             return super().linearize_step(f, t, y, dt, args, saved, with_dense)
         (_, ks), vjp = jax.vjp(run, y, args, t)

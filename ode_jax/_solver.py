@@ -138,7 +138,8 @@ class AbstractSolver(eqx.Module):
         :meth:`step_vjp` does. The discrete adjoint calls this; the default is
         :meth:`recompute` then :meth:`step_vjp` (a solver that can keep its stage
         evaluations for their VJPs overrides it, as :class:`ode_jax.RungeKutta` does).
-        ``memory``: bytes the step may keep alive between the two (None: no limit)."""
+        ``memory``: bytes the step may keep alive between the two (None: no limit; 0:
+        nothing, as ``DiscreteAdjoint(keep_stages=False)`` asks)."""
         _, info, _, nfe = self.recompute(f, t, y, dt, args, saved, with_dense)
 
         def pull(ct_y1, ct_saved1, ct_dense):

@@ -194,6 +194,53 @@ def test_adjoints_agree_and_report_backward_stats():
     assert int(bwd_cont["nfe"]) > 0 and int(bwd_cont["num_steps"]) > 0
 
 
+def test_discrete_adjoint_keep_stages_same_gradient_half_the_evaluations():
+    # keep_stages=True pulls each step back through one jax.vjp of the whole step: f runs
+    # once per stage. False recomputes the stages, then takes a VJP of each: f runs twice. A
+    # callback in f counts its executions. The default keeps them when they fit in the
+    # checkpoints' memory, as this small field's do.
+    w = jnp.array([[0.3, -1.1, 0.4], [0.7, 0.2, -0.5], [0.1, 0.9, -0.3]])
+    count = [0]
+
+    def bump():
+        count[0] += 1
+
+    def f(t, y, w):
+        jax.debug.callback(bump)
+        return jnp.tanh(w @ y) + jnp.sin(t) * y
+
+    def loss(w, keep):
+        sol = ode_jax.odeint(
+            f, jnp.array([0.5, -0.8, 0.3]), jnp.array([0.0, 3.0]), w, rtol=1e-7, atol=1e-9,
+            adjoint=ode_jax.DiscreteAdjoint(keep_stages=keep),
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1] ** 2), sol.stats["num_accepted"]
+
+    runs = {}
+    for keep in (None, True, False):
+        count[0] = 0
+        _, n = jax.jit(loss, static_argnums=1)(w, keep)
+        jax.effects_barrier()
+        forward = count[0]
+        count[0] = 0
+        g, _ = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(w, keep)
+        jax.effects_barrier()
+        runs[keep] = (g, count[0] - forward, int(n))
+    g_keep, backward_keep, n = runs[True]
+    # Per step dopri5's 6 stages (the FSAL 7th only in the step that writes the output).
+    assert backward_keep == 6 * (n - 1) + 7
+    assert runs[None][1] == backward_keep
+    assert runs[False][1] == 2 * backward_keep
+    for keep in (None, False):
+        np.testing.assert_allclose(runs[keep][0], g_keep, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("bad", [1, "yes", 0.0])
+def test_discrete_adjoint_keep_stages_rejects_non_bools(bad):
+    with pytest.raises(ValueError, match="keep_stages"):
+        ode_jax.DiscreteAdjoint(keep_stages=bad)
+
+
 @pytest.mark.parametrize(
     "checkpoints",
     [2, pytest.param(4, marks=pytest.mark.slow), pytest.param(8, marks=pytest.mark.slow)],

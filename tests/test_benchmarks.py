@@ -142,6 +142,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("small_system", ["--outputs", "1,100"], "give whole numbers >= 2"),
         ("groupnorm", ["--out", "no_such_folder/groupnorm.md"], "mkdir -p no_such_folder"),
         ("downsample", ["--out", "no_such_folder/downsample.md"], "mkdir -p no_such_folder"),
+        ("step_cost", ["--cases", "mlp,nope"], "--cases: unknown nope"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )
@@ -191,3 +192,31 @@ def test_torch_field_equals_the_jax_field(case):
     if got.ndim == 4:  # torch's ODE-Net is NCHW
         got = got.transpose(0, 2, 3, 1)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.slow
+def test_step_cost_keeping_the_stages_halves_the_backward_runs_of_f(tmp_path):
+    from benchmarks.step_cost import main
+
+    out = tmp_path / "step_cost.md"
+    # The benchmark fields are written as in a user's script: implicit broadcasting allowed.
+    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+        report = main(["--quick", "--cases", "mlp", "--out", str(out)])
+    assert out.read_text() == report
+    rows = {
+        cells[0]: cells[1:]
+        for line in report.splitlines()
+        if line.startswith("| ") and not line.startswith("| method")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {
+        "discrete keep_stages=None",
+        "discrete keep_stages=True",
+        "discrete keep_stages=False",
+        "diffrax-rca",
+        "jax.experimental.ode",
+    }
+    bwd = {name: int(cells[-1]) for name, cells in rows.items()}
+    assert bwd["discrete keep_stages=False"] == 2 * bwd["discrete keep_stages=True"] > 0
+    # The quick case's intermediates fit in its checkpoints: the default keeps them.
+    assert bwd["discrete keep_stages=None"] == bwd["discrete keep_stages=True"]
