@@ -21,8 +21,9 @@ import jax
 import numpy as np
 
 from . import cli
+from .measure import round_order
 from .methods import JAX_METHODS
-from .run import PROBLEMS, _rotated
+from .run import PROBLEMS
 
 STEPS = ("trace", "lower", "compile")
 
@@ -60,7 +61,7 @@ def probe_case(problem, methods, compiles, log) -> list[dict]:
     times = {(m, kind): {s: [] for s in STEPS} for m in methods for kind in ("fwd", "grad")}
     counts = {}
     for r in range(compiles + 1):  # round 0 is a warm-up (first compiles in a process are slow)
-        for m in _rotated(methods, r):
+        for m in round_order(methods, r):
             solve = builds[m]
             fns = {
                 "fwd": lambda p, solve=solve: solve(p),

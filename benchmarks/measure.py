@@ -175,21 +175,36 @@ def torch_runner(name: str, problem) -> Runner:
     return r
 
 
+def round_order(items, i: int) -> list:
+    """The order in which round ``i`` runs ``items``: as given in round 0, a fixed (seeded)
+    shuffle after that, so that no method always runs right after the same one.
+
+    A rotation would not do: it keeps every method's predecessor. In benchmark (c) the method
+    listed after torchdiffeq's adjoint then always ran right after it, and its 0.2 ms forward
+    measured 2.46x jax.experimental.ode's where the same compiled loop, listed one further
+    on, measured 1.39x (benchmarks/spiral_torch.md).
+    """
+    items = list(items)
+    if i == 0:
+        return items
+    return [items[j] for j in np.random.default_rng(i).permutation(len(items))]
+
+
 def interleaved_medians(fns: dict, rounds: int, sample_s: float = 0.1) -> dict:
     """Median seconds per call of each zero-argument function in ``fns`` (name -> fn).
 
-    Every round calls each function once more, starting one further along the list each
-    round (as :mod:`benchmarks.run`), and a sample times back-to-back calls for at least
-    ``sample_s`` seconds (sized by a warm-up call), so a short call is not timed alone.
+    Every round calls each function once more, in the order :func:`round_order` gives, and a
+    sample times back-to-back calls for at least ``sample_s`` seconds (sized by a warm-up
+    call), so a short call is not timed alone.
     """
     calls = {}
     for name, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         calls[name] = max(1, int(np.ceil(sample_s / max(time.perf_counter() - t0, 1e-9))))
-    names, samples = list(fns), {name: [] for name in fns}
+    samples = {name: [] for name in fns}
     for i in range(rounds):
-        for name in names[i % len(names) :] + names[: i % len(names)]:
+        for name in round_order(fns, i):
             t0 = time.perf_counter()
             for _ in range(calls[name]):
                 fns[name]()

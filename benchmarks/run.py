@@ -29,6 +29,7 @@ from .measure import (
     markdown_table,
     number,
     pick_torch_threads,
+    round_order,
     rss_peak_delta_mb,
     torch_runner,
     torch_unit_costs,
@@ -102,11 +103,6 @@ def _median_ms(xs):
     return 1e3 * float(np.median(xs)) if xs else float("nan")
 
 
-def _rotated(runners, i):
-    """The runners starting at the i-th, so that no method always runs after the same one."""
-    return runners[i % len(runners) :] + runners[: i % len(runners)]
-
-
 def run_case(problem, methods, args, log):
     runners = []
     torch_threads = None
@@ -121,7 +117,7 @@ def run_case(problem, methods, args, log):
             runners.append(torch_runner(name, problem))
     for i in range(1, args.compiles):
         log(f"  compile round {i + 1} of {args.compiles} ...")
-        for r in _rotated(runners, i):
+        for r in round_order(runners, i):
             if r.recompile is not None:
                 r.add_compile(*r.recompile())
     # Warm-up, which also sizes each sample: a sample times `calls` back-to-back calls (at least
@@ -138,7 +134,7 @@ def run_case(problem, methods, args, log):
     repeats = int(max(3, min(args.repeats, args.budget // max(round_s, 1e-9))))
     log(f"  timing {repeats} interleaved rounds (~{round_s:.2f} s each) ...")
     for i in range(repeats):
-        for r in _rotated(runners, i):
+        for r in round_order(runners, i):
             for kind in ("fwd", "grad"):
                 n = calls[r.name, kind]
                 fn = getattr(r, kind)

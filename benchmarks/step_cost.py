@@ -16,11 +16,12 @@ jax.experimental.ode, all measured in the same process (interleaved rounds, medi
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import ode_jax
 
 from . import cli
-from .measure import interleaved_medians, jax_runner
+from .measure import interleaved_medians, jax_runner, round_order
 from .methods import ode_jax_method
 from .problems import PROBLEMS
 
@@ -42,20 +43,29 @@ class Flags:
     """write the markdown report here too ('' = print only)"""
 
 
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def runners(problem) -> list:
     """The three settings of keep_stages and the two anchors, compiled, with f counted."""
     out = []
     for name, keep in SETTINGS.items():
         build = ode_jax_method(ode_jax.DiscreteAdjoint(keep_stages=keep))
         out.append(jax_runner(name, problem, build=build))
-    return out + [jax_runner(name, problem) for name in ANCHORS]
+        _log(f"  compiled {name}")
+    for name in ANCHORS:
+        out.append(jax_runner(name, problem))
+        _log(f"  compiled {name}")
+    return out
 
 
 def measure_case(problem, rounds: int, compiles: int) -> list[dict]:
     rs = runners(problem)
     for i in range(compiles - 1):
-        for r in rs[i % len(rs) :] + rs[: i % len(rs)]:
+        for r in round_order(rs, i + 1):
             r.add_compile(*r.recompile())
+        _log(f"  compile round {i + 2} of {compiles} done")
     grad_s = interleaved_medians({r.name: r.grad for r in rs}, rounds)
     ref = grad_s["jax.experimental.ode"]
     return [
@@ -99,6 +109,7 @@ def main(argv=None) -> str:
     ]
     for case in cases:
         problem = PROBLEMS[case](quick=flags.quick)
+        _log(f"{problem.title}")
         rows = measure_case(problem, rounds, compiles)
         parts.append(f"### {problem.title}\n\n{table(rows)}")
     return cli.publish("\n\n".join(parts) + "\n", flags.out)

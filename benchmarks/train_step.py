@@ -36,7 +36,7 @@ from experiments.odenet import make_model
 from ode_jax.nn._conv import resolve_impl
 
 from . import cli
-from .measure import markdown_table, number, pick_torch_threads, rss_peak_delta_mb
+from .measure import markdown_table, number, pick_torch_threads, round_order, rss_peak_delta_mb
 from .methods import counting, torch_available
 from .problems import _t
 
@@ -423,10 +423,6 @@ def check_torch_forward(net, params, static, x, x_t, tol: float = 1e-4) -> float
     return err
 
 
-def _rotated(items, i):
-    return items[i % len(items) :] + items[: i % len(items)]
-
-
 def run_section(
     quick: bool = False,
     methods=None,
@@ -475,7 +471,7 @@ def run_section(
     rounds = int(max(3, min(repeats, budget_s // max(round_s, 1e-9))))
     log(f"  timing {rounds} interleaved rounds (~{round_s:.1f} s each) ...")
     for i in range(rounds):
-        for r in _rotated(runners, i):
+        for r in round_order(runners, i):
             t0 = time.perf_counter()
             r.step()
             r.times.append(time.perf_counter() - t0)

@@ -220,3 +220,19 @@ def test_step_cost_keeping_the_stages_halves_the_backward_runs_of_f(tmp_path):
     assert bwd["discrete keep_stages=False"] == 2 * bwd["discrete keep_stages=True"] > 0
     # The quick case's intermediates fit in its checkpoints: the default keeps them.
     assert bwd["discrete keep_stages=None"] == bwd["discrete keep_stages=True"]
+
+
+def test_rounds_do_not_keep_each_method_behind_the_same_one():
+    from benchmarks.measure import round_order
+
+    items = [f"m{k}" for k in range(7)]
+    assert round_order(items, 0) == items
+    predecessors = {m: set() for m in items}
+    for i in range(6):
+        order = round_order(items, i)
+        assert sorted(order) == sorted(items)
+        assert order == round_order(items, i)  # the same order every run
+        for before, after in zip(order, order[1:]):
+            predecessors[after].add(before)
+    # Under a rotation every method but the one listed first has one predecessor only.
+    assert all(len(p) >= 2 for p in predecessors.values()), predecessors
