@@ -16,6 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 from jax.flatten_util import ravel_pytree
 
 from ._adjoint import (
@@ -108,11 +109,16 @@ class ContinuousAdjoint(AbstractAdjoint):
         def core(y0, ts, d, tols, adj_tols, probe):
             return outputs(run_loop(vf, y0, ts, d, tols, run_options))
 
-        def core_fwd(y0, ts, d, tols, adj_tols, probe):
+        def core_fwd(*primals):
+            # With symbolic zeros each input says whether it carries a tangent. The times'
+            # gradient costs f at every output time; it is computed only when ts carries one
+            # (the answer is kept in the residuals' structure: () or None).
+            times = () if primals[1].perturbed else None
+            y0, ts, d, tols, adj_tols, probe = custom_vjp_primal_tree_values(primals)
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
             out = core(y0, ts, d, tols, adj_tols, probe)
-            res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
+            res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts), times)
             if self.interpolate:
                 res = res + ((out[4], out[1]["num_accepted"]),)
             return out, res
@@ -120,7 +126,8 @@ class ContinuousAdjoint(AbstractAdjoint):
         def core_bwd(res, cts):
             # Cotangents of the recorded steps (dense output, events) are not used: this
             # adjoint differentiates evaluations through `_evaluate` instead.
-            return self._backward(vf, options, res, cts[0])
+            g_ys = jax.tree.map(_instantiate, cts[0], res[0])
+            return self._backward(vf, options, res, g_ys, times=res[8] is not None)
 
         if self.interpolate:
             core_bwd = not_differentiable_twice(
@@ -128,7 +135,7 @@ class ContinuousAdjoint(AbstractAdjoint):
                 "ode_jax: ContinuousAdjoint(interpolate=True) cannot be differentiated twice; "
                 "use interpolate=False for grad-of-grad",
             )
-        core.defvjp(core_fwd, core_bwd)
+        core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
         out = core(y0, ts, diff, tols, adj_tols, probe)
         # The recorded steps carry no gradient here (see _evaluate).
         out = (*out[:4], jax.lax.stop_gradient(out[4]), jax.lax.stop_gradient(out[5]))
@@ -136,9 +143,11 @@ class ContinuousAdjoint(AbstractAdjoint):
         evaluator = functools.partial(_evaluate, self, vf, options)
         return Solved.from_core(out, vf, diff, y0, ts, options, data, evaluator)
 
-    def _backward(self, vf, options: LoopOptions, res, g_ys):
+    def _backward(self, vf, options: LoopOptions, res, g_ys, times: bool = True):
+        """The VJP of the solve; ``times``: whether to compute the gradient of ``ts`` (one
+        evaluation of f per output time) or leave it zero."""
         ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res[:8]
-        trajectory = res[8] if len(res) > 8 else None
+        trajectory = res[9] if len(res) > 9 else None
         # Outputs past the last time reached (after an event) were never computed: the
         # backward solve starts where the forward one stopped.
         beyond = ts > s_reach
@@ -205,7 +214,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             a_y, a_d, stats, result, dt, recon = carry
             y_i, g_i = tree_take(ys, i), tree_take(g_ys, i)
             a_y = tree_add(a_y, g_i)
-            g_t = tree_dot(g_i, vf(ts[i], y_i, d))
+            g_t = tree_dot(g_i, vf(ts[i], y_i, d)) if times else jnp.zeros((), ts.dtype)
             # The solve from ts[i] back to ts[i-1], in the time s = -t (solves step forwards).
             # It is called directly, not through the public odeint: its arguments are valid by
             # construction, and skipping odeint's run-time checks keeps the program small.
@@ -227,7 +236,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             ys_b, stats_b, result_b = solved_b.ys, solved_b.stats, solved_b.result
             dt_next = solved_b.dt_next
             y_back, a_y, a_d = unpack(tree_take(ys_b, -1))
-            stats = stats + stats_vector({**stats_b, "nfe": stats_b["nfe"] + 1}, stats)
+            stats = stats + stats_vector({**stats_b, "nfe": stats_b["nfe"] + int(times)}, stats)
             result = jnp.maximum(result, result_b)
             err = tree_max_abs_diff(y_back, tree_take(ys, i - 1)).astype(recon.dtype)
             recon = jnp.maximum(recon, jax.lax.stop_gradient(err))
@@ -251,9 +260,9 @@ class ContinuousAdjoint(AbstractAdjoint):
         if n > 1:
             carry, g_t_rev = jax.lax.scan(interval, carry, jnp.arange(n - 1, 0, -1))
             a_y, a_d, stats, result, _, recon = carry
-            g_t0 = -tree_dot(a_y, vf(ts[0], y0, d))
+            g_t0 = -tree_dot(a_y, vf(ts[0], y0, d)) if times else jnp.zeros((), ts.dtype)
             g_ts = jnp.concatenate([g_t0[None].astype(ts.dtype), g_t_rev[::-1].astype(ts.dtype)])
-            stats = stats + stats_vector({"nfe": 1}, stats)
+            stats = stats + stats_vector({"nfe": int(times)}, stats)
         else:
             a_y, a_d, stats, result, _, recon = carry
             g_ts = jnp.zeros_like(ts)
@@ -286,7 +295,7 @@ def _evaluate(adjoint, vf, options, solved, s, at_event):
         g_ys = jax.tree.map(lambda c: jnp.stack([jnp.zeros_like(c), c]), ct)
         ts = jnp.stack([s0, jnp.asarray(s, s0.dtype)])
         probe = jnp.zeros((len(PROBE_KEYS),), s0.dtype)
-        res_b = (ys, ts, d, tols, adj_tols, probe, dt_guess, (ts[1], value))
+        res_b = (ys, ts, d, tols, adj_tols, probe, dt_guess, (ts[1], value), ())
         a_y, g_ts, a_d, _, _, _ = adjoint._backward(vf, options, res_b, g_ys)
         g_s = g_ts[1].astype(jnp.result_type(s))
         zeros = tree_zeros_like
@@ -294,6 +303,13 @@ def _evaluate(adjoint, vf, options, solved, s, at_event):
 
     point.defvjp(point_fwd, point_bwd)
     return point(s, y0, d, s0, tols, adj_tols, value, dt_guess)
+
+
+def _instantiate(ct, primal):
+    """A cotangent as an array: zeros for a symbolic zero (an output not differentiated)."""
+    if isinstance(ct, SymbolicZero):
+        return jnp.zeros(jnp.shape(primal), jnp.result_type(primal))
+    return ct
 
 
 def _reached(out, ts):

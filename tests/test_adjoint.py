@@ -118,6 +118,42 @@ def test_gradients_match_diffrax_for_equinox_mlp(adjoint):
     print(f"\n{adjoint} vs diffrax, error / max|grad|:", _relative_errors(pairs))
 
 
+def test_continuous_adjoint_evaluates_f_for_time_gradients_only_when_asked():
+    # dL/dts costs one evaluation of f per output time in the backward pass; a gradient that
+    # does not ask for it (ts a constant) skips them. A callback in f counts its runs.
+    count = [0]
+
+    def bump():
+        count[0] += 1
+
+    def f(t, y, w):
+        jax.debug.callback(bump)
+        return jnp.tanh(w @ y) - 0.3 * t * y
+
+    w = jnp.array([[0.2, -1.0], [0.9, 0.1]])
+    ts = jnp.linspace(0.0, 2.0, 5)
+
+    def loss(w, ts, probe):
+        sol = ode_jax.odeint(
+            f, jnp.array([1.0, -0.5]), ts, w, rtol=1e-8, atol=1e-10, adjoint="continuous",
+            probe=probe,
+        )  # fmt: skip
+        return jnp.sum(sol.ys**2)
+
+    runs = {}
+    for argnums in ((0, 2), (0, 1, 2)):
+        count[0] = 0
+        grads = jax.jit(jax.grad(loss, argnums=argnums))(w, ts, ode_jax.make_probe())
+        jax.effects_barrier()
+        runs[argnums] = (grads, count[0], int(ode_jax.probe_stats(grads[-1])["nfe"]))
+    (g_w, _), n_without, nfe_without = runs[(0, 2)]
+    (g_w2, g_ts, _), n_with, nfe_with = runs[(0, 1, 2)]
+    np.testing.assert_allclose(g_w, g_w2, rtol=1e-12)
+    assert np.all(np.isfinite(g_ts)) and np.any(g_ts != 0)
+    assert n_with - n_without == ts.shape[0]  # f at each output time
+    assert nfe_with - nfe_without == ts.shape[0]  # and the backward statistics say so
+
+
 def test_closed_over_parameters_get_gradients_under_jit():
     w = jnp.array([[0.0, 1.0], [-1.0, -0.1]])
 
