@@ -123,18 +123,22 @@ class ContinuousAdjoint(AbstractAdjoint):
                 res = res + ((out[4], out[1]["num_accepted"]),)
             return out, res
 
-        def core_bwd(res, cts):
-            # Cotangents of the recorded steps (dense output, events) are not used: this
-            # adjoint differentiates evaluations through `_evaluate` instead.
-            g_ys = jax.tree.map(_instantiate, cts[0], res[0])
+        def backward(res, g_ys):
             return self._backward(vf, options, res, g_ys, times=res[8] is not None)
 
         if self.interpolate:
-            core_bwd = not_differentiable_twice(
-                core_bwd,
+            backward = not_differentiable_twice(
+                backward,
                 "ode_jax: ContinuousAdjoint(interpolate=True) cannot be differentiated twice; "
                 "use interpolate=False for grad-of-grad",
             )
+
+        def core_bwd(res, cts):
+            # Cotangents of the recorded steps (dense output, events) are not used: this
+            # adjoint differentiates evaluations through `_evaluate` instead. Symbolic zeros
+            # become arrays here, before any wrapper sees them.
+            return backward(res, jax.tree.map(_instantiate, cts[0], res[0]))
+
         core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
         out = core(y0, ts, diff, tols, adj_tols, probe)
         # The recorded steps carry no gradient here (see _evaluate).
