@@ -190,6 +190,17 @@ def round_order(items, i: int) -> list:
     return [items[j] for j in np.random.default_rng(i).permutation(len(items))]
 
 
+def compile_rounds(runners, compiles: int, log=lambda message: None) -> None:
+    """Compile every runner again until each has ``compiles`` compilations (the first was
+    made with the runner), one round at a time in :func:`round_order`; torch runners, which
+    do not compile, are skipped."""
+    for i in range(1, compiles):
+        log(f"  compile round {i + 1} of {compiles} ...")
+        for r in round_order(runners, i):
+            if r.recompile is not None:
+                r.add_compile(*r.recompile())
+
+
 def interleaved_medians(fns: dict, rounds: int, sample_s: float = 0.1) -> dict:
     """Median seconds per call of each zero-argument function in ``fns`` (name -> fn).
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from . import cli, train_step
 from .measure import (
+    compile_rounds,
     jax_runner,
     jax_unit_costs,
     markdown_table,
@@ -115,11 +116,7 @@ def run_case(problem, methods, args, log):
             runners.append(jax_runner(name, problem, count_nfe=args.nfe))
         else:
             runners.append(torch_runner(name, problem))
-    for i in range(1, args.compiles):
-        log(f"  compile round {i + 1} of {args.compiles} ...")
-        for r in round_order(runners, i):
-            if r.recompile is not None:
-                r.add_compile(*r.recompile())
+    compile_rounds(runners, args.compiles, log)
     # Warm-up, which also sizes each sample: a sample times `calls` back-to-back calls (at least
     # --sample-s seconds of work), so that a call of a few milliseconds is not timed alone right
     # after another library has run (cold caches, other thread pools).

@@ -21,7 +21,7 @@ import sys
 import ode_jax
 
 from . import cli
-from .measure import interleaved_medians, jax_runner, round_order
+from .measure import compile_rounds, interleaved_medians, jax_runner
 from .methods import ode_jax_method
 from .problems import PROBLEMS
 
@@ -62,10 +62,7 @@ def runners(problem) -> list:
 
 def measure_case(problem, rounds: int, compiles: int) -> list[dict]:
     rs = runners(problem)
-    for i in range(compiles - 1):
-        for r in round_order(rs, i + 1):
-            r.add_compile(*r.recompile())
-        _log(f"  compile round {i + 2} of {compiles} done")
+    compile_rounds(rs, compiles, _log)
     grad_s = interleaved_medians({r.name: r.grad for r in rs}, rounds)
     ref = grad_s["jax.experimental.ode"]
     return [

@@ -118,13 +118,13 @@ class ContinuousAdjoint(AbstractAdjoint):
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
             out = core(y0, ts, d, tols, adj_tols, probe)
-            res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts), times)
-            if self.interpolate:
-                res = res + ((out[4], out[1]["num_accepted"]),)
-            return out, res
+            res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
+            trajectory = (out[4], out[1]["num_accepted"]) if self.interpolate else None
+            return out, (res, times, trajectory)
 
         def backward(res, g_ys):
-            return self._backward(vf, options, res, g_ys, times=res[8] is not None)
+            res, times, trajectory = res
+            return self._backward(vf, options, res, g_ys, times is not None, trajectory)
 
         if self.interpolate:
             backward = not_differentiable_twice(
@@ -137,7 +137,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             # Cotangents of the recorded steps (dense output, events) are not used: this
             # adjoint differentiates evaluations through `_evaluate` instead. Symbolic zeros
             # become arrays here, before any wrapper sees them.
-            return backward(res, jax.tree.map(_instantiate, cts[0], res[0]))
+            return backward(res, jax.tree.map(_instantiate, cts[0], res[0][0]))
 
         core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
         out = core(y0, ts, diff, tols, adj_tols, probe)
@@ -147,11 +147,11 @@ class ContinuousAdjoint(AbstractAdjoint):
         evaluator = functools.partial(_evaluate, self, vf, options)
         return Solved.from_core(out, vf, diff, y0, ts, options, data, evaluator)
 
-    def _backward(self, vf, options: LoopOptions, res, g_ys, times: bool = True):
-        """The VJP of the solve; ``times``: whether to compute the gradient of ``ts`` (one
-        evaluation of f per output time) or leave it zero."""
-        ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res[:8]
-        trajectory = res[9] if len(res) > 9 else None
+    def _backward(self, vf, options: LoopOptions, res, g_ys, times=True, trajectory=None):
+        """The VJP of the solve. ``times``: whether to compute the gradient of ``ts`` (one
+        evaluation of f per output time) or leave it zero; ``trajectory``: the forward's
+        recorded steps (dense buffers, count), for the interpolating adjoint."""
+        ys, ts, d, tols, adj_tols, probe, dt_forward, (s_reach, y_reach) = res
         # Outputs past the last time reached (after an event) were never computed: the
         # backward solve starts where the forward one stopped.
         beyond = ts > s_reach
@@ -299,7 +299,7 @@ def _evaluate(adjoint, vf, options, solved, s, at_event):
         g_ys = jax.tree.map(lambda c: jnp.stack([jnp.zeros_like(c), c]), ct)
         ts = jnp.stack([s0, jnp.asarray(s, s0.dtype)])
         probe = jnp.zeros((len(PROBE_KEYS),), s0.dtype)
-        res_b = (ys, ts, d, tols, adj_tols, probe, dt_guess, (ts[1], value), ())
+        res_b = (ys, ts, d, tols, adj_tols, probe, dt_guess, (ts[1], value))
         a_y, g_ts, a_d, _, _, _ = adjoint._backward(vf, options, res_b, g_ys)
         g_s = g_ts[1].astype(jnp.result_type(s))
         zeros = tree_zeros_like
@@ -311,9 +311,7 @@ def _evaluate(adjoint, vf, options, solved, s, at_event):
 
 def _instantiate(ct, primal):
     """A cotangent as an array: zeros for a symbolic zero (an output not differentiated)."""
-    if isinstance(ct, SymbolicZero):
-        return jnp.zeros(jnp.shape(primal), jnp.result_type(primal))
-    return ct
+    return jnp.zeros_like(primal) if isinstance(ct, SymbolicZero) else ct
 
 
 def _reached(out, ts):
