@@ -8,8 +8,15 @@ Conventions (stated in the report too):
   the median over ``--compiles`` interleaved compilations of fresh copies of each function
   (one compile alone varies by 10-30% on a shared machine, and the first in a process is slower).
 * NFE: vector-field executions counted by a host callback in a separately compiled copy (the timed
-  code has no callback). Forward = the forward solve; backward = gradient run minus forward, where
-  each backward execution is usually part of a VJP. torch: the module's own counter.
+  code has no callback), after every method has been timed (:func:`count_nfes`), so that the
+  timed calls run before any callback in the process. Forward = the forward solve; backward =
+  gradient run minus forward, where each backward execution is usually part of a VJP. torch: the
+  module's own counter.
+* Bimodal times: on the 2-core machine of the reports, some programs switch for seconds at a
+  time between two speeds, whatever ran before them (case (c): ode_jax-discrete's gradient
+  0.85-0.93 ms or 1.3-1.8 ms, diffrax-rca's 2.7-3.0 or 5-7 ms, both at once; the continuous
+  adjoint's stays at 1.4 ms). A median over rounds then reports whichever speed most rounds
+  saw; the per-round samples are kept in each runner's ``times``.
 * Memory: JAX: ``compiled.memory_analysis().temp_size_in_bytes`` (XLA's temp buffers); all
   methods: the peak RSS increase over one gradient call (Linux VmHWM, reset through
   /proc/self/clear_refs), which includes allocator caching effects.
@@ -79,6 +86,7 @@ class Runner:
     rss_grad_mb: float = float("nan")
     times: dict = dataclasses.field(default_factory=lambda: {"fwd": [], "grad": []})
     recompile: Callable | None = None  # () -> (fwd seconds, grad seconds) of a fresh compile
+    count: Callable | None = None  # () -> (NFE fwd, NFE bwd); see count_nfes
     compile_times: dict = dataclasses.field(default_factory=lambda: {"fwd": [], "grad": []})
 
     def add_compile(self, fwd_s: float, grad_s: float):
@@ -129,16 +137,34 @@ def jax_runner(name: str, problem, count_nfe: bool = True, build: Callable | Non
     )
     r.add_compile(cf, cg)
     if count_nfe:
-        counter = [0]
-        solve_c = build(problem, counting(problem.vf, counter))
-        jax.block_until_ready(jax.jit(solve_c)(params))
-        jax.effects_barrier()
-        r.nfe_fwd = counter[0]
-        counter[0] = 0
-        jax.block_until_ready(jax.jit(jax.grad(lambda p: problem.loss(solve_c(p))))(params))
-        jax.effects_barrier()
-        r.nfe_bwd = counter[0] - r.nfe_fwd
+        solve_c = build(problem, counting(problem.vf, counter := [0]))
+        r.count = lambda: count_calls(
+            counter,
+            lambda: jax.jit(solve_c)(params),
+            lambda: jax.jit(jax.grad(lambda p: problem.loss(solve_c(p))))(params),
+        )
     return r
+
+
+def count_calls(counter: list, fwd: Callable, grad: Callable) -> tuple[int, int]:
+    """(forward count, backward count) of a counting vector field (see
+    :func:`~benchmarks.methods.counting`) that adds to ``counter[0]``: ``fwd()`` runs the
+    forward, ``grad()`` the forward and backward."""
+    counter[0] = 0
+    jax.block_until_ready(fwd())
+    jax.effects_barrier()
+    n_fwd, counter[0] = counter[0], 0
+    jax.block_until_ready(grad())
+    jax.effects_barrier()
+    return n_fwd, counter[0] - n_fwd
+
+
+def count_nfes(runners) -> None:
+    """Fill in each runner's NFE counts; call it after every timing in the process (the
+    module's conventions)."""
+    for r in runners:
+        if getattr(r, "count", None) is not None:
+            r.nfe_fwd, r.nfe_bwd = r.count()
 
 
 def torch_runner(name: str, problem) -> Runner:

@@ -25,6 +25,7 @@ import numpy as np
 from . import cli, train_step
 from .measure import (
     compile_rounds,
+    count_nfes,
     jax_runner,
     jax_unit_costs,
     markdown_table,
@@ -144,6 +145,7 @@ def run_case(problem, methods, args, log):
     units = {"jax": jax_unit_costs(problem)}
     if any(r.library == "torch" for r in runners):
         units["torch"] = torch_unit_costs(problem)
+    count_nfes(runners)  # last: no callback runs before the timed calls
     return runners, units, repeats, torch_threads
 
 

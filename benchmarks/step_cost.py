@@ -21,7 +21,7 @@ import sys
 import ode_jax
 
 from . import cli
-from .measure import compile_rounds, interleaved_medians, jax_runner
+from .measure import compile_rounds, count_nfes, interleaved_medians, jax_runner
 from .methods import ode_jax_method
 from .problems import PROBLEMS
 
@@ -64,6 +64,7 @@ def measure_case(problem, rounds: int, compiles: int) -> list[dict]:
     rs = runners(problem)
     compile_rounds(rs, compiles, _log)
     grad_s = interleaved_medians({r.name: r.grad for r in rs}, rounds)
+    count_nfes(rs)  # after the timing: no callback runs before the timed calls
     ref = grad_s["jax.experimental.ode"]
     return [
         dict(

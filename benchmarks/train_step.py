@@ -36,7 +36,15 @@ from experiments.odenet import make_model
 from ode_jax.nn._conv import resolve_impl
 
 from . import cli
-from .measure import markdown_table, number, pick_torch_threads, round_order, rss_peak_delta_mb
+from .measure import (
+    count_calls,
+    count_nfes,
+    markdown_table,
+    number,
+    pick_torch_threads,
+    round_order,
+    rss_peak_delta_mb,
+)
 from .methods import counting, torch_available
 from .problems import _t
 
@@ -343,6 +351,7 @@ class StepRunner:
     rss_mb: float = float("nan")
     loss: float = float("nan")
     times: list = dataclasses.field(default_factory=list)
+    count: Callable | None = None  # () -> (NFE fwd, NFE bwd), run after the timing
 
 
 def _compile(fn, *args):
@@ -364,14 +373,12 @@ def jax_step_runner(name, setup, params, static, opt_state, x, y, count_nfe=True
     )
     r.loss = float(compiled(params, opt_state, x, y)[2])
     if count_nfe:
-        counter = [0]
-        solve = ode_solver(name, setup, counting(_field_vf, counter))
-        jax.block_until_ready(jax.jit(logits_fn(static, solve))(params, x))
-        jax.effects_barrier()
-        r.nfe_fwd, counter[0] = counter[0], 0
-        jax.block_until_ready(jax.jit(make_jax_step(static, solve, setup))(params, opt_state, x, y))
-        jax.effects_barrier()
-        r.nfe_bwd = counter[0] - r.nfe_fwd
+        solve = ode_solver(name, setup, counting(_field_vf, counter := [0]))
+        r.count = lambda: count_calls(
+            counter,
+            lambda: jax.jit(logits_fn(static, solve))(params, x),
+            lambda: jax.jit(make_jax_step(static, solve, setup))(params, opt_state, x, y),
+        )
     return r
 
 
@@ -457,7 +464,7 @@ def run_section(
         torch_threads = pick_torch_threads(probe)
         log(f"  logits |JAX - torch| max {logits_err:.1e}; torch threads: {torch_threads}")
     for name in methods:
-        log(f"  compiling/counting {name} ...")
+        log(f"  compiling {name} ...")
         if name in JAX_STEP_METHODS:
             runners.append(jax_step_runner(name, setup, params, static, opt_state, x, y, count_nfe))
         else:
@@ -477,6 +484,7 @@ def run_section(
             r.times.append(time.perf_counter() - t0)
     for r in runners:
         r.rss_mb = rss_peak_delta_mb(r.step)
+    count_nfes(runners)  # last: no callback runs before the timed calls
 
     rows = summarise(runners)
     title = (
