@@ -23,6 +23,8 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
 
 from ._control import PIDController
 from ._event import Event
@@ -213,6 +215,53 @@ def _evaluate_recorded(solver, solved: Solved, s, at_event: bool):
         return interpolate_event_step(solver, solved.event, s)
     count = solved.stats["num_accepted"]
     return interpolate_recorded(solver, solved.dense, count, s, solved.span[0], solved.span[1])
+
+
+def instantiate_zeros(tree):
+    """A custom_vjp cotangent pytree (rules defined with ``symbolic_zeros=True``) with every
+    symbolic zero made an array of zeros (float0 for integer outputs), as a custom_jvp
+    wrapper or arithmetic needs."""
+
+    def leaf(ct):
+        if not isinstance(ct, SymbolicZero):
+            return ct
+        if ct.aval.dtype == jax.dtypes.float0:
+            return np.zeros(ct.aval.shape, jax.dtypes.float0)
+        return jnp.zeros(ct.aval.shape, ct.aval.dtype)
+
+    return jax.tree.map(leaf, tree, is_leaf=lambda x: isinstance(x, SymbolicZero))
+
+
+def defvjp_marking_times(core, fwd, bwd):
+    """``core.defvjp`` for a walk-back adjoint's core ``(y0, ts, d, tols, probe)``, with
+    symbolic zeros: ``fwd(*values) -> (outputs, residuals)``; ``bwd(residuals, cts)`` gets the
+    residuals with one more element, ``()`` if ts carries a tangent and ``None`` if not (kept
+    in the structure, so every call keeps its own answer), and cts with symbolic zeros made
+    arrays (see :func:`end_only`)."""
+
+    def core_fwd(*primals):
+        times = () if primals[1].perturbed else None
+        outs, res = fwd(*custom_vjp_primal_tree_values(primals))
+        return outs, (*res, times)
+
+    def core_bwd(res, cts):
+        return bwd(res, instantiate_zeros(cts))
+
+    core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
+
+
+def end_only(ts, options: LoopOptions, times) -> bool:
+    """Whether a walk back over the accepted steps can skip the outputs' interpolation: ts =
+    [t0, t1] is not differentiated (``times`` is None, see :func:`defvjp_marking_times`) and
+    there is no dense output or event. Output 1 is then the last accepted step's end state (the
+    loop lands on t1), so its cotangent starts the walk (:func:`end_cotangent`)."""
+    return ts.shape[0] == 2 and times is None and not options.dense and options.event is None
+
+
+def end_cotangent(g_ys, out_step):
+    """The cotangent of the final state when :func:`end_only`: that of output 1, or zero if
+    the solve never reached t1 (``out_step[1] < 0``)."""
+    return jax.tree.map(lambda g: jnp.where(out_step[1] >= 0, g[1], jnp.zeros_like(g[1])), g_ys)
 
 
 def not_differentiable_twice(fn, message: str):

@@ -16,7 +16,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import SymbolicZero, custom_vjp_primal_tree_values
+from jax.custom_derivatives import custom_vjp_primal_tree_values
 from jax.flatten_util import ravel_pytree
 
 from ._adjoint import (
@@ -26,6 +26,7 @@ from ._adjoint import (
     Solved,
     _evaluate_recorded,
     event_cond,
+    instantiate_zeros,
     not_differentiable_twice,
     outputs,
     positive_or_none,
@@ -137,7 +138,7 @@ class ContinuousAdjoint(AbstractAdjoint):
             # Cotangents of the recorded steps (dense output, events) are not used: this
             # adjoint differentiates evaluations through `_evaluate` instead. Symbolic zeros
             # become arrays here, before any wrapper sees them.
-            return backward(res, jax.tree.map(_instantiate, cts[0], res[0][0]))
+            return backward(res, instantiate_zeros(cts[0]))
 
         core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
         out = core(y0, ts, diff, tols, adj_tols, probe)
@@ -307,11 +308,6 @@ def _evaluate(adjoint, vf, options, solved, s, at_event):
 
     point.defvjp(point_fwd, point_bwd)
     return point(s, y0, d, s0, tols, adj_tols, value, dt_guess)
-
-
-def _instantiate(ct, primal):
-    """A cotangent as an array: zeros for a symbolic zero (an output not differentiated)."""
-    return jnp.zeros_like(primal) if isinstance(ct, SymbolicZero) else ct
 
 
 def _reached(out, ts):

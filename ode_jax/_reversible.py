@@ -31,6 +31,9 @@ from ._adjoint import (
     AbstractAdjoint,
     LoopOptions,
     Solved,
+    defvjp_marking_times,
+    end_cotangent,
+    end_only,
     event_cond,
     event_step,
     not_differentiable_twice,
@@ -186,14 +189,15 @@ class ReversibleAdjoint(AbstractAdjoint):
             return outputs(out), res
 
         def backward(res, cts):
-            return _reversible_backward(vf, solver, res, cts)
+            *res, times = res
+            return _reversible_backward(vf, solver, res, cts, end_only(ts, options, times))
 
         backward = not_differentiable_twice(
             backward,
             "ode_jax: the reversible adjoint cannot be differentiated twice; use "
             "adjoint='continuous' for grad-of-grad",
         )
-        core.defvjp(core_fwd, backward)
+        defvjp_marking_times(core, core_fwd, backward)
         return Solved.from_core(core(y0, ts, diff, tols, probe), vf, diff, y0, ts, options)
 
 
@@ -227,7 +231,8 @@ class _StepTimes(Recorder):
         return {**aux, "final": (y, saved)}
 
 
-def _reversible_backward(vf, solver: ReversibleSolver, res, cts):
+def _reversible_backward(vf, solver: ReversibleSolver, res, cts, end=False):
+    """The walk back; ``end``: see :func:`~ode_jax._adjoint.end_only`."""
     y0, ts, d, tols, probe, stats, aux, ev_step = res
     g_ys = cts[0]
     inject, g_t0 = injector(cts[4], cts[5], ev_step)
@@ -239,13 +244,26 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, cts):
         t_n, dt_n = step_t[n], step_dt[n]
         y_n, z_n, k = solver.inverse(vf, t_n, dt_n, d, y1, z1)
         back = pull_back_step(
-            solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, z_n, back, inject
+            solver,
+            vf,
+            d,
+            ts,
+            g_ys,
+            out_step,
+            n,
+            t_n,
+            dt_n,
+            y_n,
+            z_n,
+            back,
+            inject,
+            outputs=not end,
         )
         return n - 1, y_n, z_n, (*back[:-1], back[-1] + k)
 
     y_end, z_end = aux["final"]
     back = (
-        tree_zeros_like(y0),
+        end_cotangent(g_ys, out_step) if end else tree_zeros_like(y0),
         tree_zeros_like(z_end),
         tree_zeros_like(d),
         jnp.zeros_like(ts),

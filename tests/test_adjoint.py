@@ -224,9 +224,10 @@ def test_adjoints_agree_and_report_backward_stats():
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * float(jnp.max(jnp.abs(a))))
     # The discrete adjoint walks back exactly the accepted forward steps.
     assert int(bwd_disc["num_steps"]) == int(fwd_d["num_accepted"])
-    # Per step: dopri5's stages, then one VJP each; the FSAL stage only in the step holding the
-    # output (t = 5). Few steps, so every state is checkpointed and nothing is recomputed.
-    assert int(bwd_disc["nfe"]) == 2 * 6 * (int(fwd_d["num_accepted"]) - 1) + 2 * 7
+    # Per step: dopri5's stages, then one VJP each. The one output (t = 5) is the last step's
+    # end state, so no step evaluates the FSAL stage, which only the dense output needs. Few
+    # steps, so every state is checkpointed and nothing is recomputed.
+    assert int(bwd_disc["nfe"]) == 2 * 6 * int(fwd_d["num_accepted"])
     assert int(bwd_cont["nfe"]) > 0 and int(bwd_cont["num_steps"]) > 0
 
 
@@ -245,30 +246,36 @@ def test_discrete_adjoint_keep_stages_same_gradient_half_the_evaluations():
         jax.debug.callback(bump)
         return jnp.tanh(w @ y) + jnp.sin(t) * y
 
-    def loss(w, keep):
+    def loss(w, ts, keep):
         sol = ode_jax.odeint(
-            f, jnp.array([0.5, -0.8, 0.3]), jnp.array([0.0, 3.0]), w, rtol=1e-7, atol=1e-9,
+            f, jnp.array([0.5, -0.8, 0.3]), ts, w, rtol=1e-7, atol=1e-9,
             adjoint=ode_jax.DiscreteAdjoint(keep_stages=keep),
         )  # fmt: skip
         return jnp.sum(sol.ys[-1] ** 2), sol.stats["num_accepted"]
 
+    ts = jnp.array([0.0, 3.0])
     runs = {}
-    for keep in (None, True, False):
+    for keep, wrt in [(None, 0), (True, 0), (False, 0), (True, (0, 1)), (False, (0, 1))]:
         count[0] = 0
-        _, n = jax.jit(loss, static_argnums=1)(w, keep)
+        _, n = jax.jit(loss, static_argnums=2)(w, ts, keep)
         jax.effects_barrier()
         forward = count[0]
         count[0] = 0
-        g, _ = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(w, keep)
+        g, _ = jax.jit(jax.grad(loss, wrt, has_aux=True), static_argnums=2)(w, ts, keep)
         jax.effects_barrier()
-        runs[keep] = (g, count[0] - forward, int(n))
-    g_keep, backward_keep, n = runs[True]
-    # Per step dopri5's 6 stages (the FSAL 7th only in the step that writes the output).
-    assert backward_keep == 6 * (n - 1) + 7
-    assert runs[None][1] == backward_keep
-    assert runs[False][1] == 2 * backward_keep
-    for keep in (None, False):
-        np.testing.assert_allclose(runs[keep][0], g_keep, rtol=1e-12, atol=1e-14)
+        runs[keep, wrt] = (g if wrt == 0 else g[0], count[0] - forward, int(n))
+    g_keep, backward_keep, n = runs[True, 0]
+    # Per step dopri5's 6 stages. The FSAL 7th feeds only the dense output: no step needs it
+    # when the one output is the last step's end state, and ts is not differentiated.
+    assert backward_keep == 6 * n
+    assert runs[None, 0][1] == backward_keep
+    assert runs[False, 0][1] == 2 * backward_keep
+    # Differentiating ts too, the output is interpolated in the step that writes it (theta =
+    # 1, for dL/dts): that step also runs the 7th stage.
+    assert runs[True, (0, 1)][1] == 6 * (n - 1) + 7
+    assert runs[False, (0, 1)][1] == 2 * runs[True, (0, 1)][1]
+    for key, run in runs.items():
+        np.testing.assert_allclose(run[0], g_keep, rtol=1e-12, atol=1e-14, err_msg=str(key))
 
 
 @pytest.mark.parametrize("bad", [1, "yes", 0.0])
