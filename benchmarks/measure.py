@@ -163,7 +163,7 @@ def count_nfes(runners) -> None:
     """Fill in each runner's NFE counts; call it after every timing in the process (the
     module's conventions)."""
     for r in runners:
-        if getattr(r, "count", None) is not None:
+        if r.count is not None:
             r.nfe_fwd, r.nfe_bwd = r.count()
 
 

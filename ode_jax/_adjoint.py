@@ -233,11 +233,12 @@ def instantiate_zeros(tree):
 
 
 def defvjp_marking_times(core, fwd, bwd):
-    """``core.defvjp`` for a walk-back adjoint's core ``(y0, ts, d, tols, probe)``, with
-    symbolic zeros: ``fwd(*values) -> (outputs, residuals)``; ``bwd(residuals, cts)`` gets the
-    residuals with one more element, ``()`` if ts carries a tangent and ``None`` if not (kept
-    in the structure, so every call keeps its own answer), and cts with symbolic zeros made
-    arrays (see :func:`end_only`)."""
+    """``core.defvjp`` with symbolic zeros for an adjoint's core, whose second argument is
+    ts: ``fwd(*values) -> (outputs, residuals)``; ``bwd(residuals, cts)`` gets the residuals
+    with one more element, ``()`` if ts carries a tangent and ``None`` if not (kept in the
+    structure, so every call keeps its own answer), and cts with symbolic zeros made arrays,
+    before any wrapper (custom_jvp) sees them. Used by every adjoint: the continuous one
+    skips the times' gradient, the walk-back ones their interpolation (:func:`end_only`)."""
 
     def core_fwd(*primals):
         times = () if primals[1].perturbed else None

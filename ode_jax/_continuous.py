@@ -16,7 +16,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.custom_derivatives import custom_vjp_primal_tree_values
 from jax.flatten_util import ravel_pytree
 
 from ._adjoint import (
@@ -25,8 +24,8 @@ from ._adjoint import (
     LoopOptions,
     Solved,
     _evaluate_recorded,
+    defvjp_marking_times,
     event_cond,
-    instantiate_zeros,
     not_differentiable_twice,
     outputs,
     positive_or_none,
@@ -110,22 +109,20 @@ class ContinuousAdjoint(AbstractAdjoint):
         def core(y0, ts, d, tols, adj_tols, probe):
             return outputs(run_loop(vf, y0, ts, d, tols, run_options))
 
-        def core_fwd(*primals):
-            # With symbolic zeros each input says whether it carries a tangent. The times'
-            # gradient costs f at every output time; it is computed only when ts carries one
-            # (the answer is kept in the residuals' structure: () or None).
-            times = () if primals[1].perturbed else None
-            y0, ts, d, tols, adj_tols, probe = custom_vjp_primal_tree_values(primals)
+        def core_fwd(y0, ts, d, tols, adj_tols, probe):
             # Calling `core` (not the loop) keeps the residual ys differentiable through this
             # same rule, so grad-of-grad works.
             out = core(y0, ts, d, tols, adj_tols, probe)
             res = (out[0], ts, d, tols, adj_tols, probe, out[3], _reached(out, ts))
             trajectory = (out[4], out[1]["num_accepted"]) if self.interpolate else None
-            return out, (res, times, trajectory)
+            return out, (res, trajectory)
 
-        def backward(res, g_ys):
-            res, times, trajectory = res
-            return self._backward(vf, options, res, g_ys, times is not None, trajectory)
+        def backward(res, cts):
+            # The times' gradient costs f at every output time: computed only when ts carries
+            # a tangent. Cotangents of the recorded steps (dense output, events) are not used:
+            # this adjoint differentiates evaluations through `_evaluate` instead.
+            res, trajectory, times = res
+            return self._backward(vf, options, res, cts[0], times is not None, trajectory)
 
         if self.interpolate:
             backward = not_differentiable_twice(
@@ -134,13 +131,7 @@ class ContinuousAdjoint(AbstractAdjoint):
                 "use interpolate=False for grad-of-grad",
             )
 
-        def core_bwd(res, cts):
-            # Cotangents of the recorded steps (dense output, events) are not used: this
-            # adjoint differentiates evaluations through `_evaluate` instead. Symbolic zeros
-            # become arrays here, before any wrapper sees them.
-            return backward(res, instantiate_zeros(cts[0]))
-
-        core.defvjp(core_fwd, core_bwd, symbolic_zeros=True)
+        defvjp_marking_times(core, core_fwd, backward)
         out = core(y0, ts, diff, tols, adj_tols, probe)
         # The recorded steps carry no gradient here (see _evaluate).
         out = (*out[:4], jax.lax.stop_gradient(out[4]), jax.lax.stop_gradient(out[5]))

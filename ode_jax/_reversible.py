@@ -244,21 +244,9 @@ def _reversible_backward(vf, solver: ReversibleSolver, res, cts, end=False):
         t_n, dt_n = step_t[n], step_dt[n]
         y_n, z_n, k = solver.inverse(vf, t_n, dt_n, d, y1, z1)
         back = pull_back_step(
-            solver,
-            vf,
-            d,
-            ts,
-            g_ys,
-            out_step,
-            n,
-            t_n,
-            dt_n,
-            y_n,
-            z_n,
-            back,
-            inject,
+            solver, vf, d, ts, g_ys, out_step, n, t_n, dt_n, y_n, z_n, back, inject,
             outputs=not end,
-        )
+        )  # fmt: skip
         return n - 1, y_n, z_n, (*back[:-1], back[-1] + k)
 
     y_end, z_end = aux["final"]
