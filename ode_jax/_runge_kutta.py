@@ -463,9 +463,10 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None, last_if=Non
             it is evaluated here.
         have_f0: for a method that loops its stages, an optional traced bool: when False, ``f0``
             is a placeholder and the first stage is evaluated inside the stage loop.
-        last_if: for an FSAL method with unrolled stages, an optional traced bool: the last
-            stage (f at the new state, which only the error estimate and the dense output use)
-            is evaluated only when it holds, else left zero (y_err is then not meaningful).
+        last_if: for an FSAL method with unrolled stages, an optional bool (traced, or
+            Python False): the last stage (f at the new state, which only the error estimate
+            and the dense output use) is evaluated only when it holds, else left zero (y_err
+            is then not meaningful).
 
     Returns:
         (y1, y_err, ks): the new state, the error estimate (None for fixed-step methods) and the
@@ -482,6 +483,9 @@ def rk_step(method: RungeKutta, f, t, y, dt, args, f0, have_f0=None, last_if=Non
         ti = t + method.c[i] * dt
         if method.fsal and i == method.stages - 1:
             y1 = yi  # the last stage is evaluated at the new state itself
+            if last_if is False:  # known not to be needed: not in the program at all
+                ks.append(jax.tree.map(jnp.zeros_like, yi))
+                continue
             if last_if is not None:
                 ks.append(
                     jax.lax.cond(

@@ -234,8 +234,7 @@ def test_adjoints_agree_and_report_backward_stats():
 def test_discrete_adjoint_keep_stages_same_gradient_half_the_evaluations():
     # keep_stages=True pulls each step back through one jax.vjp of the whole step: f runs
     # once per stage. False recomputes the stages, then takes a VJP of each: f runs twice. A
-    # callback in f counts its executions. The default keeps them when they fit in the
-    # checkpoints' memory, as this small field's do.
+    # callback in f counts its executions. The default keeps them.
     w = jnp.array([[0.3, -1.1, 0.4], [0.7, 0.2, -0.5], [0.1, 0.9, -0.3]])
     count = [0]
 
@@ -304,6 +303,41 @@ def test_discrete_adjoint_exact_with_few_checkpoints(checkpoints):
     g, _ = jax.grad(loss, has_aux=True)(y0, checkpoints)
     assert int(n) > 4 * checkpoints
     np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_discrete_adjoint_recomputes_long_segments_in_chunks():
+    # max_steps 128 with 2 checkpoints: segments of up to 64 steps, walked back in chunks of
+    # 16 recomputed from the segment's checkpoint. A solve of 40-64 steps has segments of 32
+    # steps (2 chunks: the last is recomputed from the checkpoint through the first chunk,
+    # then the first) and a shorter last one. Same gradient as with every state stored; the
+    # backward evaluations count the steps rerun.
+    A = jnp.array([[-0.1, 3.0], [-3.0, -0.1]])
+
+    def loss(y0, probe, ck, max_steps):
+        sol = ode_jax.odeint(
+            lambda t, y, A: A @ y, y0, jnp.array([0.0, 6.0]), A, probe=probe,
+            adjoint=ode_jax.DiscreteAdjoint(checkpoints=ck), rtol=1e-5, atol=1e-7,
+            max_steps=max_steps,
+        )  # fmt: skip
+        return jnp.sum(sol.ys[-1] ** 2), sol.stats["num_accepted"]
+
+    def grad(ck, max_steps):
+        fn = jax.grad(loss, (0, 1), has_aux=True)
+        (g, g_probe), n = fn(jnp.array([1.0, 0.0]), ode_jax.make_probe(), ck, max_steps)
+        return g, int(ode_jax.probe_stats(g_probe)["nfe"]), int(n)
+
+    g_ref, nfe_ref, n = grad(128, 128)
+    g, nfe, _ = grad(2, 128)
+    assert 32 < n <= 64, n
+    np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+    # Every state stored: each step's 6 stages and their VJPs, nothing rerun.
+    assert nfe_ref == 2 * 6 * n
+
+    def reruns(length):  # steps rerun to walk back a segment of `length` steps
+        chunks = [(c, min(16, length - 16 * c)) for c in range(-(-length // 16))]
+        return sum(16 * c + size - 1 for c, size in chunks)
+
+    assert nfe == 2 * 6 * n + 6 * (reruns(32) + reruns(n - 32))
 
 
 @pytest.mark.parametrize("adjoint", ADJOINTS_CONTINUOUS_SLOW)
