@@ -3,9 +3,12 @@
 The layer of torchdiffeq's ODE-Net (``odenet_mnist.py``): ``conv(concat([t * ones, x]))``. Two
 implementations compute the same function:
 
-* ``"matmul"``: the convolution as ``kh`` matmuls: the ``kw`` column shifts of the padded input
-  side by side in channels, ``cols = concat_j xp[:, :, j:j+s*Wo:s]``, then
-  ``sum_i cols[:, i:i+s*Ho:s] @ w[i].reshape(kw * C, out)`` (any stride). XLA:CPU runs the
+* ``"matmul"``: the convolution as matmuls over the ``kw`` column shifts of the padded input
+  side by side in channels, ``cols = concat_j xp[:, :, j:j+s*Wo:s]``. With stride 1, one
+  matmul of every padded row with every kernel row, ``z = cols @ concat_i w[i]`` (``kh * out``
+  channels), whose kernel-row blocks are summed shifted down by ``i`` rows; with stride s > 1,
+  ``sum_i cols[:, i:i+s*Ho:s] @ w[i].reshape(kw * C, out)`` (the row-shifted form would
+  multiply s times as many rows). XLA:CPU runs the
   gradient of a native convolution inside a ``while_loop`` (every adjoint's backward pass) an
   order of magnitude slower than this; see DESIGN.md's performance notes and ``benchmarks/``.
   Measured on one core (batch 128, 6x6x64, two 3x3 convolutions, inside a ``fori_loop``):
@@ -40,9 +43,10 @@ def _out_size(n: int, k: int, stride: int, padding: int) -> int:
 
 
 def _conv_matmul(x_NHWC, w_HWIO, stride: int, padding: int):
-    """Convolution as ``kh`` matmuls over the zero-padded input's ``kw`` column shifts,
-    concatenated along channels (see the module docstring)."""
-    kh, kw, c, _ = w_HWIO.shape
+    """Convolution as matmuls over the zero-padded input's ``kw`` column shifts, concatenated
+    along channels (see the module docstring): one matmul for all ``kh`` kernel rows when the
+    stride is 1, else one per kernel row."""
+    kh, kw, c, o = w_HWIO.shape
     n, h, w, _ = x_NHWC.shape
     ho, wo = _out_size(h, kh, stride, padding), _out_size(w, kw, stride, padding)
     p = padding
@@ -55,6 +59,16 @@ def _conv_matmul(x_NHWC, w_HWIO, stride: int, padding: int):
         ],
         axis=-1,
     )  # (n, hp, wo, kw * c)
+    if stride == 1:
+        # Every padded row times every kernel row, (n*hp*wo, kw*c) @ (kw*c, kh*o), then row i
+        # of the kernel contributes its block shifted down by i rows. The VJP keeps `cols`
+        # alone (no row-shifted copies of it) and runs two matmuls; on (b)'s field inside a
+        # loop: VJP 12.05 -> 10.28 ms, intermediates 27 -> 17 states, for hp/ho (here 8/6)
+        # times the multiplications.
+        w_rows = jnp.concatenate([w_HWIO[i].reshape(kw * c, o) for i in range(kh)], axis=-1)
+        z = (cols.reshape(-1, kw * c) @ w_rows).reshape(n, hp, wo, kh * o)
+        terms = [lax.slice(z, (0, i, 0, i * o), (n, i + ho, wo, (i + 1) * o)) for i in range(kh)]
+        return sum(terms[1:], terms[0])
     out = None
     for i in range(kh):
         rows = lax.slice(
