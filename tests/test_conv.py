@@ -84,3 +84,35 @@ def test_torch_default_init_bounds():
     assert conv.weight.shape == (3, 3, 9, 16)
     assert float(jnp.max(jnp.abs(conv.weight))) <= bound
     assert float(jnp.max(jnp.abs(conv.bias))) <= bound
+
+
+def test_matmul_form_forward_mode_second_order_and_what_its_vjp_keeps():
+    # Stride 1 is one matmul of the column shifts with all kernel rows at once: forward mode
+    # and second derivatives agree with the reference too, and reverse mode keeps the column
+    # shifts once, not a row-shifted copy per kernel row.
+    conv = ConcatConv2d(3, 4, key=jax.random.key(4), impl="matmul")
+    x = jax.random.normal(jax.random.key(5), (2, 6, 6, 3))
+    dx = jax.random.normal(jax.random.key(6), x.shape)
+    t = jnp.asarray(0.3)
+    _, tan = jax.jvp(lambda x: conv(t, x), (x,), (dx,))
+    _, tan_ref = jax.jvp(lambda x: _reference(conv, t, x), (x,), (dx,))
+    np.testing.assert_allclose(tan, tan_ref, rtol=1e-12, atol=1e-12)
+
+    def hvp(fn):
+        loss = lambda x: jnp.sum(jnp.tanh(fn(x)))  # noqa: E731
+        return jax.jvp(jax.grad(loss), (x,), (dx,))[1]
+
+    np.testing.assert_allclose(
+        hvp(lambda x: conv(t, x)), hvp(lambda x: _reference(conv, t, x)), rtol=1e-10, atol=1e-12
+    )
+
+    def kept(x):
+        inputs = {id(a) for a in jax.tree.leaves((x, conv))}
+        res = jax.vjp(lambda c, x: c(t, x), conv, x)[1]
+        return [r for r in jax.tree.leaves(res) if id(r) not in inputs]
+
+    shapes = [r.shape for r in jax.eval_shape(kept, x)]
+    # The column shifts as (n * (h + 2) * w, kw * c), once; no row-shifted (n * h * w, kw * c)
+    # copy per kernel row.
+    assert shapes.count((2 * 8 * 6, 3 * 3)) == 1, shapes
+    assert (2 * 6 * 6, 3 * 3) not in shapes, shapes
