@@ -92,8 +92,7 @@ class DiscreteAdjoint(AbstractAdjoint):
 
     def solve(self, f, y0, ts, args, tols, probe, options: LoopOptions):
         vf, diff = split_field(f, y0, ts, args, event_cond(options), options.jacobian)
-        n_ck, n_local = checkpoint_sizes(options.max_steps, self.checkpoints)
-        n_chunk = max(1, n_local // 4)
+        n_ck, n_local, n_chunk = checkpoint_sizes(options.max_steps, self.checkpoints)
         solver = options.solver
 
         def record(y0, ts, d, tols):
@@ -259,10 +258,10 @@ def fixed_step_map(solver, vf, n_ck, n_local, aux, n_acc, y0, ts, d):
 
 
 def checkpoint_sizes(max_steps: int, checkpoints: int | None):
-    """(number of stored states K, longest segment S), K * S >= max_steps.
+    """(number of stored states K, longest segment S, chunk C), K * S >= max_steps.
 
-    The backward walk recomputes a segment in chunks of S / 4 states, so its buffers hold
-    K + S / 4 states; the default K, about sqrt(max_steps) / 2, makes the two equal, the
+    The backward walk recomputes a segment in chunks of C = S / 4 states, so its buffers
+    hold K + C states; the default K, about sqrt(max_steps) / 2, makes the two equal, the
     least memory for those chunks (65 states at max_steps 4096)."""
     if checkpoints is None:
         checkpoints = 2 ** max(1, math.ceil(math.log2(math.sqrt(max_steps))) - 1)
@@ -271,7 +270,7 @@ def checkpoint_sizes(max_steps: int, checkpoints: int | None):
     s = 1
     while k * s < max_steps:
         s *= 2
-    return k, s
+    return k, s, max(1, s // 4)
 
 
 class StepRecorder(Recorder):
@@ -426,23 +425,17 @@ def discrete_backward(vf, solver, n_chunk, res, cts, keep_stages=None, end_only=
             c_start = start + q * n_chunk
             c_end = jnp.minimum(c_start + n_chunk, end)
             y_j, saved_j = tree_take(ck, j)
-            local = jax.tree.map(
-                lambda buf, v: buf.at[0].set(jnp.where(q == 0, v, buf[0])), local, (y_j, saved_j)
-            )
+            local = jax.tree.map(lambda buf, v: buf.at[0].set(v), local, (y_j, saved_j))
 
             def recompute(c):
                 n, y_n, saved_n, local, nfe = c
                 y1, _, saved1, k = solver.recompute(
                     vf, step_t[n], y_n, step_dt[n], d, saved_n, False
                 )
-                slot = n + 1 - c_start
-                keep = slot >= 0
-                slot = jnp.clip(slot, 0, n_chunk - 1)
-                local = jax.tree.map(
-                    lambda buf, v: buf.at[slot].set(jnp.where(keep, v, buf[slot])),
-                    local,
-                    (y1, saved1),
-                )
+                # States before the chunk go to slot 0, which the chunk's first state (step
+                # c_start's start, computed last of them) then overwrites.
+                slot = jnp.maximum(n + 1 - c_start, 0)
+                local = jax.tree.map(lambda buf, v: buf.at[slot].set(v), local, (y1, saved1))
                 return n + 1, y1, saved1, local, nfe + k
 
             init = (start, y_j, saved_j, local, back[-1])
