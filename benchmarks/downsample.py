@@ -4,7 +4,9 @@
 
 The training step (d) runs conv3x3 1->C, [GroupNorm, ReLU, conv4x4/2] x 2 before the ODE
 block, the same in every JAX method (``experiments.odenet``'s ``Downsample``: XLA's native
-convolutions, outside any loop) and in torch (its NCHW copy with the same weights, from
+convolutions, outside any loop; on the CPU the strided ones' input gradient as one stride-1
+convolution over the stride's phases, ``Conv2d(impl="phase")``, also timed as
+``impl="native"``) and in torch (its NCHW copy with the same weights, from
 :func:`benchmarks.train_step.make_torch_model`). This times that stack alone on (d)'s batch:
 its forward, and its forward with the gradient of sum(out**2) with respect to its parameters
 (the input is data: no input gradient), as medians of interleaved rounds.
@@ -12,6 +14,7 @@ its forward, and its forward with the gradient of sum(out**2) with respect to it
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 
@@ -36,9 +39,18 @@ class Flags:
     """write the markdown table here too ('' = print only)"""
 
 
-def jax_calls(model, setup: Setup) -> dict:
-    """name -> zero-argument function running ``model``'s JAX stack once (blocking)."""
+def _with_impl(conv, impl: str):
+    """A copy of a ``Conv2d`` with another ``impl`` (a static field: not a pytree leaf)."""
+    conv = copy.copy(conv)
+    object.__setattr__(conv, "impl", impl)
+    return conv
+
+
+def jax_calls(model, setup: Setup, impl: str = "auto") -> dict:
+    """name -> zero-argument function running ``model``'s JAX stack once (blocking), its
+    convolutions with ``Conv2d`` ``impl`` (how a strided one's input gradient is computed)."""
     down = model.downsample
+    down = eqx.tree_at(lambda d: d.convs, down, tuple(_with_impl(c, impl) for c in down.convs))
     x, _ = make_data(setup)
     params, static = eqx.partition(down, eqx.is_array)
 
@@ -47,9 +59,10 @@ def jax_calls(model, setup: Setup) -> dict:
 
     fwd = jax.jit(out)
     grad = jax.jit(jax.grad(lambda p: jnp.sum(out(p) ** 2)))
+    tag = "" if impl == "auto" else f" (Conv2d impl={impl})"
     return {
-        "JAX forward": lambda: jax.block_until_ready(fwd(params)),
-        "JAX forward + gradient": lambda: jax.block_until_ready(grad(params)),
+        f"JAX forward{tag}": lambda: jax.block_until_ready(fwd(params)),
+        f"JAX forward + gradient{tag}": lambda: jax.block_until_ready(grad(params)),
     }
 
 
@@ -76,7 +89,7 @@ def main(argv=None) -> str:
     cli.writable(flags.out)
     setup = Setup.make(flags.quick)
     model = make_jax_model(setup)
-    calls = jax_calls(model, setup)
+    calls = {**jax_calls(model, setup), **jax_calls(model, setup, impl="native")}
     threads = "-"
     if torch_available():
         import torch

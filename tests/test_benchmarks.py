@@ -99,11 +99,12 @@ def test_downsample_stacks_agree_and_the_script_times_them():
     text = main(["--quick", "--rounds", "1"])
     rows = [line for line in text.splitlines() if line.startswith("| ") and "ms |" not in line]
     names = [r.split("|")[1].strip() for r in rows]
-    assert names[:2] == ["JAX forward", "JAX forward + gradient"]
+    native = ["JAX forward (Conv2d impl=native)", "JAX forward + gradient (Conv2d impl=native)"]
+    assert names[:4] == ["JAX forward", "JAX forward + gradient", *native]
     assert all(float(r.split("|")[-2]) > 0 for r in rows)
     if not torch_available():
         return
-    assert names[2:] == ["torch forward", "torch forward + gradient"]
+    assert names[4:] == ["torch forward", "torch forward + gradient"]
     # Both time the same function: the same weights give the same features.
     import torch
 

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 from ._block import ODEBlock
 from ._conv import ConcatConv2d
 from ._norm import GroupNorm
+from ._strided import conv_nhwc
+
+STRIDED_IMPLS = ("auto", "native", "phase")
 
 
 def odenet_norm(channels: int, dtype=jnp.float32) -> GroupNorm:
@@ -33,16 +36,37 @@ class Conv2d(eqx.Module):
     """Plain channels-last convolution with torch ``Conv2d`` initialisation (no time input).
 
     Shapes: ``(N, H, W, cin) -> (N, H', W', cout)``; weight HWIO.
+
+    ``impl``: how a strided convolution's input gradient is computed. ``"native"``: as JAX
+    derives it (a convolution of the dilated cotangent); ``"phase"``: one stride-1
+    convolution over the stride's phases (:func:`ode_jax.nn._strided.input_gradient`), 5x
+    faster on XLA:CPU for the ODE-Net's 4x4 stride-2 layer; ``"auto"`` (default): ``"phase"``
+    on the CPU backend, ``"native"`` elsewhere. Same values either way; stride 1 is always
+    native.
     """
 
     weight: jax.Array  # (k, k, in, out), HWIO
     bias: jax.Array | None  # (out,)
     stride: int = eqx.field(static=True)
     padding: int = eqx.field(static=True)
+    impl: str = eqx.field(static=True, default="auto")
 
     def __init__(
-        self, cin, cout, kernel, stride=1, padding=0, use_bias=True, *, key, dtype=jnp.float32
+        self,
+        cin,
+        cout,
+        kernel,
+        stride=1,
+        padding=0,
+        use_bias=True,
+        *,
+        key,
+        dtype=jnp.float32,
+        impl: str = "auto",
     ):
+        if impl not in STRIDED_IMPLS:
+            raise ValueError(f"Conv2d: impl={impl!r} is not one of {STRIDED_IMPLS}")
+        self.impl = impl
         wkey, bkey = jax.random.split(key)
         bound = 1.0 / math.sqrt(cin * kernel**2)
         self.weight = jax.random.uniform(wkey, (kernel, kernel, cin, cout), dtype, -bound, bound)
@@ -50,14 +74,10 @@ class Conv2d(eqx.Module):
         self.stride, self.padding = stride, padding
 
     def __call__(self, x_NHWC):
-        p = self.padding
-        out = jax.lax.conv_general_dilated(
-            x_NHWC,
-            self.weight,
-            (self.stride, self.stride),
-            ((p, p), (p, p)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        impl = self.impl
+        if impl == "auto":
+            impl = "phase" if jax.default_backend() == "cpu" else "native"
+        out = conv_nhwc(x_NHWC, self.weight, self.stride, self.padding, impl == "phase")
         return out if self.bias is None else out + self.bias.reshape(1, 1, 1, -1)
 
 
