@@ -114,12 +114,13 @@ def _time_map(w_t_HWO, h: int, w: int, stride: int, padding: int):
     return taps @ w_t_HWO.reshape(kh * kw, -1)
 
 
-def resolve_impl(impl: str) -> str:
-    """``"auto"`` -> ``"matmul"`` on the CPU backend, ``"native"`` on any other."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+def resolve_impl(impl: str, impls: tuple = IMPLS, on_cpu: str = "matmul") -> str:
+    """``"auto"`` -> ``on_cpu`` on the CPU backend, ``"native"`` on any other (``impls``: the
+    layer's choices)."""
+    if impl not in impls:
+        raise ValueError(f"impl={impl!r} is not one of {impls}")
     if impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "native"
+        return on_cpu if jax.default_backend() == "cpu" else "native"
     return impl
 
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ._block import ODEBlock
-from ._conv import ConcatConv2d
+from ._conv import ConcatConv2d, resolve_impl
 from ._norm import GroupNorm
 from ._strided import conv_nhwc
 
@@ -74,9 +74,7 @@ class Conv2d(eqx.Module):
         self.stride, self.padding = stride, padding
 
     def __call__(self, x_NHWC):
-        impl = self.impl
-        if impl == "auto":
-            impl = "phase" if jax.default_backend() == "cpu" else "native"
+        impl = resolve_impl(self.impl, STRIDED_IMPLS, on_cpu="phase")
         out = conv_nhwc(x_NHWC, self.weight, self.stride, self.padding, impl == "phase")
         return out if self.bias is None else out + self.bias.reshape(1, 1, 1, -1)
 
