@@ -9,7 +9,8 @@ convolution over the stride's phases, ``Conv2d(impl="phase")``, also timed as
 ``impl="native"``) and in torch (its NCHW copy with the same weights, from
 :func:`benchmarks.train_step.make_torch_model`). This times that stack alone on (d)'s batch:
 its forward, and its forward with the gradient of sum(out**2) with respect to its parameters
-(the input is data: no input gradient), as medians of interleaved rounds.
+(the input is data: no input gradient), and the first strided layer's forward and input and
+weight gradients alone, as medians of interleaved rounds.
 """
 
 from __future__ import annotations
@@ -66,6 +67,30 @@ def jax_calls(model, setup: Setup, impl: str = "auto") -> dict:
     }
 
 
+def layer_calls(model, setup: Setup) -> dict:
+    """The stack's first strided layer (conv4x4/2 on the 26x26 map) alone: its forward, its
+    input gradient with each ``impl`` and its weight gradient (XLA's own either way), each
+    a ``jax.vjp`` pulled back for one cotangent (the unused forward is dead code)."""
+    conv = model.downsample.convs[1]
+    dtype = conv.weight.dtype
+    x = jax.random.normal(jax.random.key(0), (setup.batch, 26, 26, conv.weight.shape[2]), dtype)
+    g = jax.random.normal(jax.random.key(1), jax.eval_shape(conv, x).shape, dtype)
+    name = f"conv{conv.weight.shape[0]}x{conv.weight.shape[1]}/{conv.stride} on 26x26"
+
+    def input_grad(impl):
+        layer = _with_impl(conv, impl)
+        return jax.jit(lambda x, g: jax.vjp(layer, x)[1](g)[0])
+
+    w_grad = jax.jit(lambda c, g: jax.vjp(lambda c: c(x), c)[1](g)[0].weight)
+    fns = {
+        f"{name}: forward": (jax.jit(lambda c, x: c(x)), conv, x),
+        f"{name}: input gradient (impl=phase)": (input_grad("phase"), x, g),
+        f"{name}: input gradient (impl=native)": (input_grad("native"), x, g),
+        f"{name}: weight gradient": (w_grad, conv, g),
+    }
+    return {k: (lambda f=f, a=a: jax.block_until_ready(f(*a))) for k, (f, *a) in fns.items()}
+
+
 def torch_calls(model, setup: Setup) -> dict:
     """The same for torch's copy of the stack (NCHW, same weights)."""
     import torch
@@ -89,7 +114,11 @@ def main(argv=None) -> str:
     cli.writable(flags.out)
     setup = Setup.make(flags.quick)
     model = make_jax_model(setup)
-    calls = {**jax_calls(model, setup), **jax_calls(model, setup, impl="native")}
+    calls = {
+        **jax_calls(model, setup),
+        **jax_calls(model, setup, impl="native"),
+        **layer_calls(model, setup),
+    }
     threads = "-"
     if torch_available():
         import torch

@@ -62,6 +62,20 @@ def test_compile_probe_reports_steps_and_program_size():
         assert 0 < float(compile_s) < float(total) and int(instructions) > 0
 
 
+def test_nested_jit_probe_compiles_both_variants_to_the_same_program():
+    import jax
+
+    import ode_jax._runge_kutta as rk
+    from benchmarks.nested_jit import VARIANTS, main
+
+    report = main(["--quick", "--cases", "spiral", "--compiles", "1"])
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| spiral")]
+    assert [r[1].strip() for r in rows] == list(VARIANTS)
+    assert all(0 < float(r[2]) < float(r[3]) for r in rows)
+    assert rows[0][4] == rows[1][4]  # XLA inlines the nested calls: same instruction count
+    assert rk.jax is jax  # the variant without the nested jit is undone
+
+
 def test_small_system_times_every_method_and_counts_one_kernel_loops():
     from benchmarks.small_system import METHODS, Flags, _measure, table
 
@@ -100,11 +114,18 @@ def test_downsample_stacks_agree_and_the_script_times_them():
     rows = [line for line in text.splitlines() if line.startswith("| ") and "ms |" not in line]
     names = [r.split("|")[1].strip() for r in rows]
     native = ["JAX forward (Conv2d impl=native)", "JAX forward + gradient (Conv2d impl=native)"]
-    assert names[:4] == ["JAX forward", "JAX forward + gradient", *native]
+    layer = [
+        f"conv4x4/2 on 26x26: {what}"
+        for what in (
+            "forward", "input gradient (impl=phase)", "input gradient (impl=native)",
+            "weight gradient",
+        )
+    ]  # fmt: skip
+    assert names[:8] == ["JAX forward", "JAX forward + gradient", *native, *layer]
     assert all(float(r.split("|")[-2]) > 0 for r in rows)
     if not torch_available():
         return
-    assert names[4:] == ["torch forward", "torch forward + gradient"]
+    assert names[8:] == ["torch forward", "torch forward + gradient"]
     # Both time the same function: the same weights give the same features.
     import torch
 

@@ -3,13 +3,13 @@
 The gradient of ``y = conv(x, w, stride s)`` with respect to ``x`` is, as JAX derives it, a
 convolution of the output cotangent dilated by ``s`` (``lhs_dilation``). XLA:CPU has no fast
 kernel for that: on the ODE-Net's downsampling convolution (4x4, stride 2, 26x26x64 -> 13x13x64,
-batch 128) it takes 54 ms, against 19 ms for the forward convolution itself.
+batch 128) it takes 50 ms, against 20 ms for the forward convolution itself.
 
 The same gradient splits by output phase. Pixel ``r = s*u + a`` of the padded input receives
 ``sum_m g[u - m] * w[s*m + a]`` (one term per kernel tap congruent to ``a`` mod s), a stride-1
 correlation of the padded cotangent with the sub-kernel of phase ``a``. All ``s*s`` phases go
 into one stride-1 convolution with ``s*s*C`` output channels, rearranged depth-to-space
-(:func:`input_gradient`): 11 ms on that layer.
+(:func:`input_gradient`): 15 ms on that layer (``python -m benchmarks.downsample``).
 
 :func:`conv_nhwc` computes the convolution natively and gives JAX a tangent map whose transpose
 is that form: a ``custom_jvp`` whose tangent in ``x`` is ``jax.linear_transpose`` of

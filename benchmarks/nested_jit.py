@@ -1,0 +1,102 @@
+"""The discrete gradient's compile time with and without the nested jit around f in
+``RungeKutta.linearize_step`` (d2e7dbe), in one process.
+
+    python -m benchmarks.nested_jit --cases odenet --compiles 5
+
+The kept step's ``jax.vjp`` calls f through ``jax.jit``, so JAX traces f and its
+linearisation once for all stages. Without it (f called directly, as before d2e7dbe) each
+stage traces them again. XLA inlines the calls either way: the optimised program is the same
+size. Both variants are compiled fresh, interleaved round by round (round 0 a warm-up), and
+the medians of trace and of trace + lower + compile are reported with the program's
+instruction count (:func:`benchmarks.compile_probe.compile_steps`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import warnings
+
+import jax
+import numpy as np
+
+import ode_jax
+import ode_jax._runge_kutta as rk
+
+from . import cli
+from .compile_probe import compile_steps
+from .measure import round_order
+from .run import PROBLEMS
+
+VARIANTS = ("nested jit (default)", "f called per stage")
+
+
+class _NoJit:
+    """Stands in for the ``jax`` module inside ``ode_jax._runge_kutta``: ``jit`` is the
+    identity, everything else is jax's own."""
+
+    def __getattr__(self, name):
+        return (lambda fn: fn) if name == "jit" else getattr(jax, name)
+
+
+def _compile(problem, variant: str) -> dict:
+    rk.jax = jax if variant == VARIANTS[0] else _NoJit()
+    try:
+
+        def loss(p):
+            sol = ode_jax.odeint(
+                problem.vf, problem.y0, problem.ts, p, solver="dopri5", rtol=problem.rtol,
+                atol=problem.atol, adjoint="discrete",
+            )  # fmt: skip
+            return problem.loss(sol.ys)
+
+        secs, counts = compile_steps(jax.grad(loss), problem.params)
+    finally:
+        rk.jax = jax
+    return {"trace": secs["trace"], "total": sum(secs.values()), **counts}
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """The discrete gradient's compile with and without the nested jit around f."""
+
+    cases: tuple[str, ...] = ("odenet",)  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
+    compiles: int = 5  # timed compilations per variant
+    quick: bool = False  # small problems (for tests)
+    out: str = ""  # write the report here too ('' = print only)
+
+    def __post_init__(self):
+        if self.compiles < 1:
+            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
+
+
+def main(argv=None) -> str:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = cli.parse(Args, argv, "nested_jit")
+    cli.writable(args.out)
+    cases = cli.names(args.cases, list(PROBLEMS), "--cases")
+    lines = [
+        f"Discrete gradient (dopri5), medians of {args.compiles} fresh compilations per "
+        "variant, interleaved; seconds.\n",
+        "| case | variant | trace s | trace + lower + compile s | HLO instructions |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for case in cases:
+        problem = PROBLEMS[case](quick=args.quick)
+        rows = {v: [] for v in VARIANTS}
+        for r in range(args.compiles + 1):
+            for v in round_order(list(VARIANTS), r):
+                row = _compile(problem, v)
+                if r:
+                    rows[v].append(row)
+            print(f"  {case}: round {r} done", file=sys.stderr)
+        for v, runs in rows.items():
+            trace = np.median([x["trace"] for x in runs])
+            total = np.median([x["total"] for x in runs])
+            size = runs[0]["instructions"]
+            lines.append(f"| {case} | {v} | {trace:.3f} | {total:.3f} | {size} |")
+    return cli.publish("\n".join(lines) + "\n", args.out)
+
+
+if __name__ == "__main__":
+    cli.entry(main)
