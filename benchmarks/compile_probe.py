@@ -56,6 +56,28 @@ def compile_steps(fn, params) -> tuple[dict, dict]:
     return out, hlo_counts(compiled.as_text())
 
 
+def interleaved(variants: dict, compiles: int, log=None) -> dict:
+    """Call every ``variants[name]()`` (a fresh compilation returning a dict of seconds and
+    counts) ``compiles + 1`` times, interleaved round by round (:func:`round_order`; round 0 is
+    a warm-up, not kept). Returns, per name, the medians of the float fields and the other
+    fields of the last call."""
+    kept = {name: [] for name in variants}
+    for r in range(compiles + 1):
+        for name in round_order(list(variants), r):
+            row = variants[name]()
+            if r:
+                kept[name].append(row)
+        if log:
+            log(f"  round {r} done")
+    return {
+        name: {
+            k: float(np.median([x[k] for x in rows])) if isinstance(v, float) else v
+            for k, v in rows[-1].items()
+        }
+        for name, rows in kept.items()
+    }
+
+
 def probe_case(problem, methods, compiles, log) -> list[dict]:
     builds = {m: JAX_METHODS[m](problem, problem.vf) for m in methods}
     times = {(m, kind): {s: [] for s in STEPS} for m in methods for kind in ("fwd", "grad")}

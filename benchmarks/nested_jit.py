@@ -14,21 +14,24 @@ instruction count (:func:`benchmarks.compile_probe.compile_steps`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import warnings
 
 import jax
-import numpy as np
 
 import ode_jax
 import ode_jax._runge_kutta as rk
 
 from . import cli
-from .compile_probe import compile_steps
-from .measure import round_order
+from .compile_probe import compile_steps, interleaved
 from .run import PROBLEMS
 
 VARIANTS = ("nested jit (default)", "f called per stage")
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 class _NoJit:
@@ -83,18 +86,13 @@ def main(argv=None) -> str:
     ]
     for case in cases:
         problem = PROBLEMS[case](quick=args.quick)
-        rows = {v: [] for v in VARIANTS}
-        for r in range(args.compiles + 1):
-            for v in round_order(list(VARIANTS), r):
-                row = _compile(problem, v)
-                if r:
-                    rows[v].append(row)
-            print(f"  {case}: round {r} done", file=sys.stderr)
-        for v, runs in rows.items():
-            trace = np.median([x["trace"] for x in runs])
-            total = np.median([x["total"] for x in runs])
-            size = runs[0]["instructions"]
-            lines.append(f"| {case} | {v} | {trace:.3f} | {total:.3f} | {size} |")
+        variants = {v: functools.partial(_compile, problem, v) for v in VARIANTS}
+        medians = interleaved(variants, args.compiles, lambda s, case=case: _log(f"  {case}:{s}"))
+        for v, row in medians.items():
+            lines.append(
+                f"| {case} | {v} | {row['trace']:.3f} | {row['total']:.3f} | "
+                f"{row['instructions']} |"
+            )
     return cli.publish("\n".join(lines) + "\n", args.out)
 
 

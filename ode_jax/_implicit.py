@@ -38,7 +38,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from ._solution import RESULTS
-from ._solver import AbstractSolver, tree_where
+from ._solver import AbstractSolver, all_finite, tree_where
 
 _I32 = jnp.int32
 
@@ -68,7 +68,7 @@ def _scaled_norm(v, ref, rtol, atol):
 
 def _lu_ok(lu):
     piv = jnp.diagonal(lu[0])
-    return jnp.all(jnp.isfinite(lu[0])) & jnp.all(piv != 0)
+    return all_finite(lu[0]) & (jnp.min(jnp.abs(piv)) > 0)
 
 
 def _hermite(y0, f0, y1, f1, dt, theta):
@@ -214,7 +214,7 @@ class ESDIRK(AbstractSolver):
         _, _, _, b, b_err = self._matrices(dtype)
         y1v = yv + dt.astype(dtype) * (b @ ks)
         err = jsl.lu_solve(lu, dt.astype(dtype) * (b_err @ ks))  # filtered estimate
-        bad = failed | ~ok_lu | ~jnp.all(jnp.isfinite(y1v))
+        bad = failed | ~ok_lu | ~all_finite(y1v)
         # A failed Newton iteration is a rejection: a large finite error shrinks the step.
         scale = atol.astype(dtype) + rtol.astype(dtype) * jnp.abs(yv)
         err = jnp.where(bad, 1e6 * scale, err)
@@ -389,7 +389,7 @@ class Rosenbrock(AbstractSolver):
         # Stiffly accurate: y1 = y0 + sum of the stage-6 inputs and the last three increments.
         y1v = yv + alpha[s - 1] @ ks + ks[s - 1]
         err = ks[s - 1]
-        bad = ~ok_lu | ~jnp.all(jnp.isfinite(y1v))
+        bad = ~ok_lu | ~all_finite(y1v)
         scale = jnp.abs(yv) + 1.0
         err = jnp.where(bad, 1e6 * scale, err)
         y1v = jnp.where(bad, yv, y1v)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from ._control import PIDController, initial_step, scaled_error
 from ._event import Event, find_root
 from ._solution import RESULTS
-from ._solver import AbstractSolver, tree_where
+from ._solver import AbstractSolver, all_finite, tree_where
 
 
 class Tolerances(eqx.Module):
@@ -106,10 +106,6 @@ class LoopOutput(eqx.Module):
 
 def _is_none(x) -> bool:
     return x is None
-
-
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def integrate(
@@ -340,7 +336,7 @@ def integrate(
             # scaled_error makes the error NaN then, for norms that propagate it (ours do).
             finite = jnp.isfinite(err)
             if not getattr(norm, "propagates_nonfinite", False):
-                finite = finite & _all_finite(y1)
+                finite = finite & all_finite(y1)
             accept = finite & (err <= 1.0)
             last = None if s.last is None else (s.last[0], s.last[1] / dt)
             factor = controller.factor(err, s.prev_err, accept, solver.order, s.rejected, last)
@@ -365,7 +361,7 @@ def integrate(
             result = jnp.where(underflow, failed, s.result).astype(i32)
             nonfinite = jnp.where(accept, False, ~finite)
         else:
-            finite = _all_finite(y1)
+            finite = all_finite(y1)
             accept = finite
             dt_next = s.dt
             prev_err = s.prev_err

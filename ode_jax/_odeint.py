@@ -15,7 +15,7 @@ from ._control import PIDController, rms_norm
 from ._event import Event, differentiable_event_time
 from ._loop import Tolerances
 from ._solution import RESULTS, Solution, raise_if_failed
-from ._solver import AbstractSolver
+from ._solver import AbstractSolver, all_finite
 from ._solvers import get_solver
 
 # Keywords of earlier versions, now options of an adjoint object: a clear error, not a silent
@@ -112,7 +112,8 @@ def _check_ts_runtime(ts, ts_np, tree):
     if ts_np is not None or ts.shape[0] < 2:
         return tree
     d = jnp.diff(ts)
-    bad = ~(jnp.all(d > 0) | jnp.all(d < 0)) | ~jnp.all(jnp.isfinite(ts))
+    # Float reductions (min, max, sum), not boolean ones: see all_finite.
+    bad = ~((jnp.min(d) > 0) | (jnp.max(d) < 0)) | ~all_finite(ts)
     return eqx.error_if(
         tree, bad, "ode_jax.odeint: ts must be finite and strictly increasing or decreasing"
     )
@@ -420,15 +421,14 @@ def _saved_steps(solved, direction, max_steps):
 
 def _nonfinite(tree) -> jax.Array:
     """Whether any float array in ``tree`` holds a NaN or inf. Only asked of a solve that
-    already failed (inside a cond), so one concatenation and one reduction (the smallest
-    program) beat a reduction per leaf."""
+    already failed (inside a cond), so one concatenation and one float reduction (the
+    smallest program, see :func:`~ode_jax._solver.all_finite`) beat a reduction per leaf."""
     leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
     if not leaves:
         return jnp.asarray(False)
     # Inputs known at compile time would have this check folded by XLA on the host (see odeint).
-    leaves = jax.lax.optimization_barrier(leaves)
-    flat = jnp.concatenate([jnp.ravel(jnp.abs(jax.lax.stop_gradient(x))) for x in leaves])
-    return ~jnp.all(jnp.isfinite(flat))
+    leaves = jax.lax.optimization_barrier([jax.lax.stop_gradient(x) for x in leaves])
+    return ~all_finite(leaves, concatenate=True)
 
 
 def _blame_input(result, y0, args):

@@ -21,6 +21,26 @@ def tree_where(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def all_finite(tree, concatenate: bool = False) -> jax.Array:
+    """Whether every float (or complex) array in ``tree`` is free of NaN and inf.
+
+    Written as a float sum of ``|x| * 0`` (0 where x is finite, NaN where it is not), not as
+    ``jnp.all(jnp.isfinite(x))``: XLA:CPU decomposes a boolean reduction into several kernels
+    and compiles it several times slower (a 256x32 array alone: 39 against 11 ms). The input
+    check of a failed solve written this way took benchmark (a)'s forward compile from 0.40 to
+    0.34 s (0.33 s without any check). ``concatenate``: one reduction over all leaves joined
+    (the smallest program, for checks off the hot path) instead of one per leaf (no copy).
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
+    if not leaves:
+        return jnp.asarray(True)
+    if concatenate and len(leaves) > 1:
+        dtype = jnp.result_type(*[jnp.abs(x).dtype for x in leaves])
+        leaves = [jnp.concatenate([jnp.ravel(jnp.abs(x)).astype(dtype) for x in leaves])]
+    total = sum(jnp.sum(jnp.abs(x) * 0).astype(jnp.float32) for x in leaves)
+    return jnp.isfinite(total)
+
+
 class AbstractSolver(eqx.Module):
     """A one-step method for dy/dt = f(t, y, args).
 

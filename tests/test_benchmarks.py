@@ -76,6 +76,25 @@ def test_nested_jit_probe_compiles_both_variants_to_the_same_program():
     assert rk.jax is jax  # the variant without the nested jit is undone
 
 
+def test_finite_check_compiles_every_variant_and_restores_the_library():
+    import ode_jax._loop
+    import ode_jax._odeint
+    from benchmarks.finite_check import FUNCTIONS, VARIANTS, main
+    from ode_jax._solver import all_finite
+
+    report = main(["--quick", "--cases", "spiral", "--compiles", "1"])
+    rows = [line.split("|")[1:-1] for line in report.splitlines() if line.startswith("| spiral")]
+    cells = {(r[1].strip(), r[2].strip()): r for r in rows}
+    for what in FUNCTIONS:
+        assert all((what, v) in cells for v in VARIANTS)
+        # Without the input check the program is smaller: the variants did take effect.
+        size = {v: int(cells[what, v][5]) for v in VARIANTS}
+        assert size[VARIANTS[2]] < size[VARIANTS[0]]
+        assert size[VARIANTS[0]] != size[VARIANTS[1]]
+    assert ode_jax._odeint.all_finite is all_finite and ode_jax._loop.all_finite is all_finite
+    assert ode_jax._odeint._blame_input.__name__ == "_blame_input"
+
+
 def test_small_system_times_every_method_and_counts_one_kernel_loops():
     from benchmarks.small_system import METHODS, Flags, _measure, table
 

@@ -205,6 +205,26 @@ def test_nonfinite_y0_and_args_are_named():
     assert bad.tolist() == [0, ode_jax.RESULTS.nonfinite_y0]
 
 
+@pytest.mark.parametrize("concatenate", [False, True])
+def test_all_finite_checks_every_float_leaf_with_float_reductions(concatenate):
+    from ode_jax._solver import all_finite
+
+    def check(tree):
+        return bool(all_finite(tree, concatenate=concatenate))
+
+    ok = {"a": jnp.ones((3, 2)), "b": jnp.zeros(4, jnp.float64), "n": jnp.array([1, 2])}
+    assert check(ok) and check({}) and check({"n": jnp.array([7])})
+    for bad in (jnp.nan, jnp.inf, -jnp.inf):
+        assert not check({**ok, "b": ok["b"].at[2].set(bad)})
+        assert not check({**ok, "c": jnp.array([1.0 + 0j, complex(0.0, bad)])})
+    # Huge finite values must not overflow into a false alarm.
+    assert check(jnp.full(8, jnp.finfo(jnp.float32).max))
+    # No boolean reduction (reduce_and/or): XLA:CPU compiles those several times slower.
+    jaxpr = jax.make_jaxpr(lambda t: all_finite(t, concatenate=concatenate))(ok).jaxpr
+    prims = {e.primitive.name for e in jaxpr.eqns}
+    assert not prims & {"reduce_and", "reduce_or"}, prims
+
+
 def test_dtmax_bounds_every_step():
     ts = np.array([0.0, 10.0])
     free = ode_jax.odeint(_decay, 1.0, ts, 0.1, rtol=1e-3, atol=1e-6)

@@ -1,0 +1,143 @@
+"""Compile time of the solves with their finiteness checks written as float reductions (the
+default since this script's commit), as boolean reductions (before), and without the input
+check, in one process.
+
+    python -m benchmarks.finite_check --cases mlp,odenet --compiles 5
+
+``odeint`` blames a failed solve on a non-finite ``y0`` or ``args`` (the error message names
+the argument), the stepping loop checks the new state of fixed-step methods, and the stiff
+solvers check their LU factors and states. Written as ``jnp.all(jnp.isfinite(x))``, each check
+is a boolean reduction, which XLA:CPU decomposes into several kernels and compiles slowly;
+``ode_jax._solver.all_finite`` sums ``|x| * 0`` instead (NaN exactly where x is not finite).
+Variants (modules patched for the duration of one compilation):
+
+* ``float reductions (default)``: the library as it is;
+* ``boolean reductions (before)``: ``all_finite`` as ``jnp.all(jnp.isfinite(...))``, leaf by
+  leaf or over the concatenated leaves, as the code had it;
+* ``no input check``: no blame of y0/args at all (a floor: what the check costs in all).
+
+jax.experimental.ode's forward and gradient are compiled in the same rounds for scale. Each
+function is compiled fresh (trace + lower + compile), rounds interleaved, medians reported
+(:func:`benchmarks.compile_probe.interleaved`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import sys
+import warnings
+
+import jax
+import jax.numpy as jnp
+
+import ode_jax._implicit
+import ode_jax._loop
+import ode_jax._odeint
+
+from . import cli
+from .compile_probe import compile_steps, interleaved
+from .methods import JAX_METHODS
+from .run import PROBLEMS
+
+VARIANTS = ("float reductions (default)", "boolean reductions (before)", "no input check")
+FUNCTIONS = ("forward", "continuous gradient", "discrete gradient")
+_PATCHED = (ode_jax._odeint, ode_jax._loop, ode_jax._implicit)
+
+
+def boolean_all_finite(tree, concatenate: bool = False):
+    """The checks as they were: boolean reductions, per leaf or over the joined leaves."""
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
+        return jnp.asarray(True)
+    if concatenate:
+        return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(jnp.abs(x)) for x in leaves])))
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+@contextlib.contextmanager
+def variant(name: str):
+    saved = [m.all_finite for m in _PATCHED], ode_jax._odeint._blame_input
+    try:
+        if name == VARIANTS[1]:
+            for m in _PATCHED:
+                m.all_finite = boolean_all_finite
+        elif name == VARIANTS[2]:
+            ode_jax._odeint._blame_input = lambda result, y0, args: result
+        yield
+    finally:
+        for m, fn in zip(_PATCHED, saved[0]):
+            m.all_finite = fn
+        ode_jax._odeint._blame_input = saved[1]
+
+
+def _function(problem, what: str, method: str = ""):
+    if method:
+        solve = JAX_METHODS[method](problem, problem.vf)
+    else:
+        adjoint = "discrete" if what.startswith("discrete") else "continuous"
+        solve = JAX_METHODS[f"ode_jax-{adjoint}"](problem, problem.vf)
+    if what == "forward":
+        return solve
+    return jax.grad(lambda p: problem.loss(solve(p)))
+
+
+def _compile(problem, what: str, name: str) -> dict:
+    method = name if name == "jax.experimental.ode" else ""
+    with variant(name) if not method else contextlib.nullcontext():
+        secs, counts = compile_steps(_function(problem, what, method), problem.params)
+    return {"total": sum(secs.values()), **counts}
+
+
+@dataclasses.dataclass(frozen=True)
+class Args:
+    """Compile time with the finiteness checks as float or boolean reductions."""
+
+    cases: tuple[str, ...] = ("mlp", "odenet")  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
+    compiles: int = 5  # timed compilations per variant
+    quick: bool = False  # small problems (for tests)
+    out: str = ""  # write the report here too ('' = print only)
+
+    def __post_init__(self):
+        if self.compiles < 1:
+            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
+
+
+def main(argv=None) -> str:
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = cli.parse(Args, argv, "finite_check")
+    cli.writable(args.out)
+    cases = cli.names(args.cases, list(PROBLEMS), "--cases")
+    lines = [
+        f"dopri5, float32; trace + lower + compile, medians of {args.compiles} fresh "
+        "compilations per variant, interleaved; seconds. x jeo: against jax.experimental.ode's "
+        "forward or gradient compiled in the same rounds.\n",
+        "| case | function | variant | compile s | x jeo | HLO instructions | fusions |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for case in cases:
+        problem = PROBLEMS[case](quick=args.quick)
+        for what in FUNCTIONS:
+            names = (*VARIANTS, "jax.experimental.ode")
+            fns = {n: functools.partial(_compile, problem, what, n) for n in names}
+            log = functools.partial(_log, f"  {case} {what}:")
+            medians = interleaved(fns, args.compiles, log)
+            ref = medians["jax.experimental.ode"]["total"]
+            for n, row in medians.items():
+                if n == "jax.experimental.ode" and what == "discrete gradient":
+                    continue  # the same gradient as for the continuous row
+                label = "gradient" if n == "jax.experimental.ode" and what != "forward" else what
+                lines.append(
+                    f"| {case} | {label} | {n} | {row['total']:.3f} | {row['total'] / ref:.2f} "
+                    f"| {row['instructions']} | {row['fusions']} |"
+                )
+    return cli.publish("\n".join(lines) + "\n", args.out)
+
+
+def _log(prefix: str, message: str) -> None:
+    print(prefix, message.strip(), file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    cli.entry(main)
