@@ -16,8 +16,11 @@ import ode_jax
 ANCHORS = ("diffrax-rca", "diffrax-backsolve", "jax.experimental.ode")
 
 
-def ode_jax_method(adjoint: str, controller: ode_jax.PIDController | None = None) -> Callable:
-    """ode_jax's dopri5 with ``adjoint`` (and ``controller``, None: the default one)."""
+def ode_jax_method(
+    adjoint: str, controller: ode_jax.PIDController | None = None, solver="dopri5"
+) -> Callable:
+    """ode_jax's dopri5 with ``adjoint`` (and ``controller``, None: the default one;
+    ``solver``: dopri5 in another layout, e.g. ``ode_jax.SOLVERS["dopri5"].looped()``)."""
 
     def build(problem, vf):
         def solve(params):
@@ -26,7 +29,7 @@ def ode_jax_method(adjoint: str, controller: ode_jax.PIDController | None = None
                 problem.y0,
                 problem.ts,
                 params,
-                solver="dopri5",
+                solver=solver,
                 rtol=problem.rtol,
                 atol=problem.atol,
                 adjoint=adjoint,

@@ -6,7 +6,9 @@
 through an accepted step: one ``jax.vjp`` of the whole step (True: each stage evaluated once,
 its intermediates alive during the step's pull-back) or the stages recomputed and walked back
 one VJP at a time (False: f runs twice per stage, one copy of f's VJP in the program). The
-default (None, the same as True) keeps them. For
+default (None, the same as True) keeps them. A third row takes keep_stages=False with dopri5's
+stages in a loop (``ode_jax.SOLVERS["dopri5"].looped()``) in the forward solve too: one copy
+of f in every loop of the program, as jax.experimental.ode has it. For
 each case this reports, per setting, the gradient's time, its compile time, the compiled
 program's temporary memory and how many times the vector field runs in the backward pass (a
 callback in f), next to diffrax's RecursiveCheckpointAdjoint (the issue's memory bound) and
@@ -25,7 +27,13 @@ from .measure import compile_rounds, count_nfes, interleaved_medians, jax_runner
 from .methods import ode_jax_method
 from .problems import PROBLEMS
 
-SETTINGS = {"discrete default (keeps stages)": None, "discrete keep_stages=False": False}
+# name: (keep_stages, solver). The looped layout (one copy of f in every loop, as
+# jax.experimental.ode has it) asks what stage unrolling costs in compile time.
+SETTINGS = {
+    "discrete default (keeps stages)": (None, "dopri5"),
+    "discrete keep_stages=False": (False, "dopri5"),
+    "discrete keep_stages=False, looped stages": (False, ode_jax.SOLVERS["dopri5"].looped()),
+}
 ANCHORS = ("diffrax-rca", "jax.experimental.ode")
 
 
@@ -48,10 +56,11 @@ def _log(message: str) -> None:
 
 
 def runners(problem) -> list:
-    """The two settings of keep_stages and the two anchors, compiled, with f counted."""
+    """The settings (keep_stages, stage layout) and the two anchors, compiled, with f
+    counted."""
     out = []
-    for name, keep in SETTINGS.items():
-        build = ode_jax_method(ode_jax.DiscreteAdjoint(keep_stages=keep))
+    for name, (keep, solver) in SETTINGS.items():
+        build = ode_jax_method(ode_jax.DiscreteAdjoint(keep_stages=keep), solver=solver)
         out.append(jax_runner(name, problem, build=build))
         _log(f"  compiled {name}")
     for name in ANCHORS:
@@ -99,11 +108,11 @@ def main(argv=None) -> str:
     cli.writable(flags.out)
     rounds, compiles = (1, 1) if flags.quick else (flags.rounds, flags.compiles)
     parts = [
-        "The discrete adjoint's `keep_stages` settings on the benchmark cases (float32, "
-        f"dopri5); medians of {rounds} interleaved rounds (gradient) and {compiles} "
-        "compilations. f runs: executions of the vector field (a callback in f) in the forward "
-        "solve and in the backward pass of one gradient; a VJP's forward part is one run, "
-        "its transpose none."
+        "The discrete adjoint's `keep_stages` settings and stage layouts on the benchmark "
+        f"cases (float32, dopri5); medians of {rounds} interleaved rounds (gradient) and "
+        f"{compiles} compilations. f runs: executions of the vector field (a callback in f) "
+        "in the forward solve and in the backward pass of one gradient; a VJP's forward part "
+        "is one run, its transpose none."
     ]
     for case in cases:
         problem = PROBLEMS[case](quick=flags.quick)

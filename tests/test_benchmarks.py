@@ -253,11 +253,14 @@ def test_step_cost_keeping_the_stages_halves_the_backward_runs_of_f(tmp_path):
     assert set(rows) == {
         "discrete default (keeps stages)",
         "discrete keep_stages=False",
+        "discrete keep_stages=False, looped stages",
         "diffrax-rca",
         "jax.experimental.ode",
     }
     bwd = {name: int(cells[-1]) for name, cells in rows.items()}
     assert bwd["discrete keep_stages=False"] == 2 * bwd["discrete default (keeps stages)"] > 0
+    # The looped layout runs the same stages as the unrolled one (the same computed map).
+    assert bwd["discrete keep_stages=False, looped stages"] == bwd["discrete keep_stages=False"]
 
 
 def test_rounds_do_not_keep_each_method_behind_the_same_one():
