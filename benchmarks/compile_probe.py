@@ -56,6 +56,28 @@ def compile_steps(fn, params) -> tuple[dict, dict]:
     return out, hlo_counts(compiled.as_text())
 
 
+@dataclasses.dataclass(frozen=True)
+class ABArgs:
+    """Flags of an in-process compile A/B (benchmarks.nested_jit, benchmarks.finite_check)."""
+
+    cases: tuple[str, ...] = ("odenet",)  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
+    compiles: int = 5  # timed compilations per variant
+    quick: bool = False  # small problems (for tests)
+    out: str = ""  # write the report here too ('' = print only)
+
+    def __post_init__(self):
+        if self.compiles < 1:
+            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
+
+
+def ab_setup(cls, argv, name: str):
+    """Parse an A/B script's flags: ``(args, case names)``."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    args = cli.parse(cls, argv, name)
+    cli.writable(args.out)
+    return args, cli.names(args.cases, list(PROBLEMS), "--cases")
+
+
 def interleaved(variants: dict, compiles: int, log=None) -> dict:
     """Call every ``variants[name]()`` (a fresh compilation returning a dict of seconds and
     counts) ``compiles + 1`` times, interleaved round by round (:func:`round_order`; round 0 is

@@ -27,7 +27,6 @@ import contextlib
 import dataclasses
 import functools
 import sys
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +36,7 @@ import ode_jax._loop
 import ode_jax._odeint
 
 from . import cli
-from .compile_probe import compile_steps, interleaved
+from .compile_probe import ABArgs, ab_setup, compile_steps, interleaved
 from .methods import JAX_METHODS
 from .run import PROBLEMS
 
@@ -91,24 +90,14 @@ def _compile(problem, what: str, name: str) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(ABArgs):
     """Compile time with the finiteness checks as float or boolean reductions."""
 
     cases: tuple[str, ...] = ("mlp", "odenet")  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
-    compiles: int = 5  # timed compilations per variant
-    quick: bool = False  # small problems (for tests)
-    out: str = ""  # write the report here too ('' = print only)
-
-    def __post_init__(self):
-        if self.compiles < 1:
-            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
 
 
 def main(argv=None) -> str:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = cli.parse(Args, argv, "finite_check")
-    cli.writable(args.out)
-    cases = cli.names(args.cases, list(PROBLEMS), "--cases")
+    args, cases = ab_setup(Args, argv, "finite_check")
     lines = [
         f"dopri5, float32; trace + lower + compile, medians of {args.compiles} fresh "
         "compilations per variant, interleaved; seconds. x jeo: against jax.experimental.ode's "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
-import warnings
 
 import jax
 
@@ -24,7 +23,7 @@ import ode_jax
 import ode_jax._runge_kutta as rk
 
 from . import cli
-from .compile_probe import compile_steps, interleaved
+from .compile_probe import ABArgs, ab_setup, compile_steps, interleaved
 from .run import PROBLEMS
 
 VARIANTS = ("nested jit (default)", "f called per stage")
@@ -60,24 +59,12 @@ def _compile(problem, variant: str) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class Args:
+class Args(ABArgs):
     """The discrete gradient's compile with and without the nested jit around f."""
-
-    cases: tuple[str, ...] = ("odenet",)  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
-    compiles: int = 5  # timed compilations per variant
-    quick: bool = False  # small problems (for tests)
-    out: str = ""  # write the report here too ('' = print only)
-
-    def __post_init__(self):
-        if self.compiles < 1:
-            raise cli.UserError(f"--compiles must be >= 1, got {self.compiles}")
 
 
 def main(argv=None) -> str:
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    args = cli.parse(Args, argv, "nested_jit")
-    cli.writable(args.out)
-    cases = cli.names(args.cases, list(PROBLEMS), "--cases")
+    args, cases = ab_setup(Args, argv, "nested_jit")
     lines = [
         f"Discrete gradient (dopri5), medians of {args.compiles} fresh compilations per "
         "variant, interleaved; seconds.\n",
