@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import ode_jax._implicit
 import ode_jax._loop
 import ode_jax._odeint
+import ode_jax._solver
 
 from . import cli
 from .compile_probe import ABArgs, ab_setup, compile_steps, interleaved
@@ -89,15 +90,47 @@ def _compile(problem, what: str, name: str) -> dict:
     return {"total": sum(secs.values()), **counts}
 
 
+def _reduction(form: str, x) -> dict:
+    """One fresh compilation of the check alone on ``x``, as ``form``."""
+    if form == "float":
+        fn = lambda v: ~ode_jax._solver.all_finite(v)  # noqa: E731
+    else:
+        fn = lambda v: ~boolean_all_finite(v)  # noqa: E731
+    secs, counts = compile_steps(fn, x)
+    return {"total": sum(secs.values()), **counts}
+
+
+def reductions(compiles: int) -> list[str]:
+    """The check alone on a (256, 32) float32 array (benchmark (a)'s state), both forms."""
+    x = jnp.ones((256, 32), jnp.float32)
+    forms = {"float sum of abs(x) * 0": "float", "jnp.all(jnp.isfinite(x))": "boolean"}
+    fns = {name: functools.partial(_reduction, form, x) for name, form in forms.items()}
+    medians = interleaved(fns, compiles)
+    lines = [
+        f"The check alone, on a (256, 32) float32 array: medians of {compiles} fresh "
+        "compilations per form, interleaved.\n",
+        "| check | compile ms | HLO instructions | fusions |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in medians.items():
+        lines.append(
+            f"| {name} | {1e3 * row['total']:.1f} | {row['instructions']} | {row['fusions']} |"
+        )
+    return lines
+
+
 @dataclasses.dataclass(frozen=True)
 class Args(ABArgs):
     """Compile time with the finiteness checks as float or boolean reductions."""
 
     cases: tuple[str, ...] = ("mlp", "odenet")  # of mlp, mlp_eqx, odenet, odenet_plain, spiral
+    reductions_only: bool = False  # only the check alone, on one array (no solves)
 
 
 def main(argv=None) -> str:
     args, cases = ab_setup(Args, argv, "finite_check")
+    if args.reductions_only:
+        return cli.publish("\n".join(reductions(args.compiles)) + "\n", args.out)
     lines = [
         f"dopri5, float32; trace + lower + compile, medians of {args.compiles} fresh "
         "compilations per variant, interleaved; seconds. x jeo: against jax.experimental.ode's "

@@ -93,6 +93,9 @@ def test_finite_check_compiles_every_variant_and_restores_the_library():
         assert size[VARIANTS[0]] != size[VARIANTS[1]]
     assert ode_jax._odeint.all_finite is all_finite and ode_jax._loop.all_finite is all_finite
     assert ode_jax._odeint._blame_input.__name__ == "_blame_input"
+    alone = main(["--reductions-only", "--compiles", "1"])
+    rows = [line.split("|")[1:-1] for line in alone.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 2 and int(rows[0][2]) < int(rows[1][2])  # float form: fewer ops
 
 
 def test_small_system_times_every_method_and_counts_one_kernel_loops():
