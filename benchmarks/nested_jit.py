@@ -19,11 +19,11 @@ import sys
 
 import jax
 
-import ode_jax
 import ode_jax._runge_kutta as rk
 
 from . import cli
 from .compile_probe import ABArgs, ab_setup, compile_steps, interleaved
+from .methods import JAX_METHODS
 from .run import PROBLEMS
 
 VARIANTS = ("nested jit (default)", "f called per stage")
@@ -44,15 +44,8 @@ class _NoJit:
 def _compile(problem, variant: str) -> dict:
     rk.jax = jax if variant == VARIANTS[0] else _NoJit()
     try:
-
-        def loss(p):
-            sol = ode_jax.odeint(
-                problem.vf, problem.y0, problem.ts, p, solver="dopri5", rtol=problem.rtol,
-                atol=problem.atol, adjoint="discrete",
-            )  # fmt: skip
-            return problem.loss(sol.ys)
-
-        secs, counts = compile_steps(jax.grad(loss), problem.params)
+        solve = JAX_METHODS["ode_jax-discrete"](problem, problem.vf)
+        secs, counts = compile_steps(jax.grad(lambda p: problem.loss(solve(p))), problem.params)
     finally:
         rk.jax = jax
     return {"trace": secs["trace"], "total": sum(secs.values()), **counts}

@@ -32,13 +32,13 @@ def all_finite(tree, concatenate: bool = False) -> jax.Array:
     reduction over all leaves joined (the smallest program, for checks off the hot path)
     instead of one per leaf (no copy).
     """
-    leaves = [x for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]
-    if not leaves:
+    mags = [jnp.abs(x) for x in jax.tree.leaves(tree) if eqx.is_inexact_array(x)]  # real
+    if not mags:
         return jnp.asarray(True)
-    if concatenate and len(leaves) > 1:
-        dtype = jnp.result_type(*[jnp.abs(x).dtype for x in leaves])
-        leaves = [jnp.concatenate([jnp.ravel(jnp.abs(x)).astype(dtype) for x in leaves])]
-    total = sum(jnp.sum(jnp.abs(x) * 0).astype(jnp.float32) for x in leaves)
+    if concatenate and len(mags) > 1:
+        dtype = jnp.result_type(*mags)
+        mags = [jnp.concatenate([jnp.ravel(x).astype(dtype) for x in mags])]
+    total = sum(jnp.sum(x * 0).astype(jnp.float32) for x in mags)
     return jnp.isfinite(total)
 
 
