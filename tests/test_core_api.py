@@ -219,7 +219,7 @@ def test_all_finite_checks_every_float_leaf_with_float_reductions(concatenate):
         assert not check({**ok, "c": jnp.array([1.0 + 0j, complex(0.0, bad)])})
     # Huge finite values must not overflow into a false alarm.
     assert check(jnp.full(8, jnp.finfo(jnp.float32).max))
-    # No boolean reduction (reduce_and/or): XLA:CPU compiles those several times slower.
+    # No boolean reduction (reduce_and/or): XLA:CPU compiles those more slowly.
     jaxpr = jax.make_jaxpr(lambda t: all_finite(t, concatenate=concatenate))(ok).jaxpr
     prims = {e.primitive.name for e in jaxpr.eqns}
     assert not prims & {"reduce_and", "reduce_or"}, prims
