@@ -108,6 +108,28 @@ def test_small_system_times_every_method_and_counts_one_kernel_loops():
     assert text.count("\n") == 2 + 2 * len(METHODS) and "| 3 | 2 | ode_jax |" in text
 
 
+def test_controller_study_rules_and_report():
+    import jax.numpy as jnp
+
+    from benchmarks.controller_study import CONTROLLERS, main
+
+    default, no_hold, never = (CONTROLLERS[c] for c in ("default", "no hold", "never shrink"))
+    err, prev, ok = jnp.asarray(0.9), jnp.asarray(0.5), jnp.asarray(True)
+    # An accepted step near the tolerance: the default shrinks the next, "never shrink" not.
+    assert default.factor(err, prev, ok, 5) < 1 <= never.factor(err, prev, ok, 5)
+    # Right after a rejection the default holds the step; without the hold it grows.
+    small = jnp.asarray(0.01)
+    assert default.factor(small, prev, ok, 5, True) == 1 < no_hold.factor(small, prev, ok, 5, True)
+    text = main(["--problems", "logistic,spiral", "--solvers", "dopri5", "--rtols", "1e-3",
+                 "--cases", "none"])  # fmt: skip
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| ")]
+    totals, spiral = rows[1], rows[-1]
+    assert len(totals) == 2 + len(CONTROLLERS) and spiral[0].strip() == "spiral"
+    nfe = [int(cell.split()[0]) for cell in spiral[1:]]
+    assert all(n > 50 for n in nfe) and len(set(nfe)) > 1  # the controllers step differently
+    assert "speed benchmark" not in text
+
+
 def test_groupnorm_forms_agree_and_the_script_times_both():
     import numpy as np
 
@@ -187,6 +209,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("groupnorm", ["--out", "no_such_folder/groupnorm.md"], "mkdir -p no_such_folder"),
         ("downsample", ["--out", "no_such_folder/downsample.md"], "mkdir -p no_such_folder"),
         ("step_cost", ["--cases", "mlp,nope"], "--cases: unknown nope"),
+        ("controller_study", ["--problems", "lorenz,vdp"], "--problems: unknown vdp"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )
