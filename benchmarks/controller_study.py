@@ -12,17 +12,22 @@ the run may share the machine):
   |ref|), ref from dopri8 at rtol 1e-13: global errors in units of the local tolerance;
 * the speed benchmark's problems as it runs them (float32, dopri5, ``benchmarks.run``'s
   cases): the forward solve's evaluations and the continuous adjoint's backward ones, counted
-  by a callback in the field as ``benchmarks.run`` counts them.
+  by a callback in the field as ``benchmarks.run`` counts them;
+* ReLU MLPs (8 -> 32 -> 32 -> 8, ``eqx.nn.MLP``, three seeds) on a batch of 64 states over
+  [0, 1], loss sum(y(1)**2), float32, dopri5: forward and continuous backward evaluations.
+  Their error jumps where a unit switches, which step control cannot foresee.
 
 The controllers (the first is the library's default):
 
 * ``default``: ``PIDController()``, the integral controller, with no step growth on the step
   accepted right after a rejection (Hairer's codes);
-* ``no hold``: the same without that rule (diffrax's default);
-* ``never shrink``: jax.experimental.ode's rule, no hold, and an accepted step never shrinks
-  the next one (its factor is at least 1);
+* ``PI 0.2/1``: ``PIDController(pcoeff=0.2)``, the integral controller damped by Hairer's
+  beta = 0.04 (err^-0.24 err_prev^0.04; where the error is steady, the same steps);
+* ``no hold``: the integral controller without the hold (diffrax's default);
+* ``never shrink``: jax.experimental.ode's rule: the integral controller, no hold, and an
+  accepted step never shrinks the next one (its factor is at least 1);
 * ``PI 0.2/0.65``: ``PIDController(pcoeff=0.2, icoeff=0.65)``, Hairer's stabilised
-  controller (DOPRI5's beta = 0.04: err^-0.17 err_prev^0.04);
+  controller as DOPRI5 has it (err^-0.17 err_prev^0.04);
 * ``PI 0.3/0.4`` and ``PI 0.4/0.3``: PI controllers suggested for neural ODEs.
 """
 
@@ -57,7 +62,8 @@ class NoHold(PIDController):
 
 @dataclasses.dataclass(frozen=True)
 class NeverShrink(PIDController):
-    """jax.experimental.ode's rule: no hold, and an accepted step's factor is at least 1."""
+    """jax.experimental.ode's rule: the integral controller, no hold, and an accepted step's
+    factor is at least 1."""
 
     def factor(self, err, prev_err, accept, order, prev_rejected=False, last=None):
         factor = _FACTOR(self, err, prev_err, accept, order, False, last)
@@ -66,6 +72,7 @@ class NeverShrink(PIDController):
 
 CONTROLLERS = {
     "default": PIDController(),
+    "PI 0.2/1": PIDController(pcoeff=0.2),
     "no hold": NoHold(),
     "never shrink": NeverShrink(),
     "PI 0.2/0.65": PIDController(pcoeff=0.2, icoeff=0.65),
@@ -133,6 +140,10 @@ class Flags:
     """relative tolerances of the small problems (atol = rtol / 1000)"""
     cases: tuple[str, ...] = ("mlp,mlp_eqx,odenet,odenet_plain,spiral",)
     """benchmark problems (of benchmarks.run), or 'none'"""
+    relu_seeds: int = 3
+    """ReLU MLP fields (seeds 0 .. N-1; 0: none)"""
+    relu_rtols: tuple[str, ...] = ("1e-3,1e-5",)
+    """their tolerances (rtol = atol)"""
     quick: bool = False
     """smaller benchmark problems (a test run)"""
     out: str = ""
@@ -167,7 +178,31 @@ def benchmark_counts(case: str, quick: bool) -> dict:
     """{controller: (forward NFE, continuous backward NFE)} on a ``benchmarks.run`` case."""
     from .run import PROBLEMS
 
-    problem = PROBLEMS[case](quick=quick)
+    return problem_counts(PROBLEMS[case](quick=quick), case)
+
+
+def relu_mlp(seed: int, tol: float):
+    """A ReLU MLP field on a batch of 64 states (see the module docstring), as a Problem."""
+    import equinox as eqx
+
+    from .problems import Problem
+
+    key_mlp, key_y = jax.random.split(jax.random.key(seed))
+    mlp = eqx.nn.MLP(8, 8, 32, 2, activation=jax.nn.relu, key=key_mlp)
+    params, static = eqx.partition(mlp, eqx.is_array)
+
+    def vf(t, y, p):
+        return jax.vmap(eqx.combine(p, static))(y)
+
+    return Problem(
+        name=f"relu{seed}", title="ReLU MLP", vf=vf, params=params,
+        y0=jax.random.normal(key_y, (64, 8)), ts=np.array([0.0, 1.0], np.float32),
+        loss=lambda ys: jnp.sum(ys[-1] ** 2), rtol=tol, atol=tol, make_torch=None,
+    )  # fmt: skip
+
+
+def problem_counts(problem, label: str) -> dict:
+    """{controller: (forward NFE, continuous backward NFE)} on a Problem."""
     rows = {}
     for c, controller in CONTROLLERS.items():
         counter = [0]
@@ -188,7 +223,7 @@ def benchmark_counts(case: str, quick: bool) -> dict:
         counter[0] = 0
         jax.block_until_ready(grad(problem.params))
         rows[c] = (n_fwd, counter[0] - n_fwd)
-        print(f"  {case} {c}: {rows[c]}", file=sys.stderr, flush=True)
+        print(f"  {label} {c}: {rows[c]}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -230,8 +265,9 @@ def main(argv=None) -> str:
             cells = []
             for c in names:
                 nfe = sum(rows[p, c][0] for p in problems)
+                rej = sum(rows[p, c][1] for p in problems)
                 err = _geomean([rows[p, c][2] for p in problems])
-                cells.append(f"{nfe} (err {err:.2g})")
+                cells.append(f"{nfe} ({rej} rej, err {err:.2g})")
             lines.append(f"| {solver} | {rtol:g} | " + " | ".join(cells) + " |")
             details += ["", f"### {solver}, rtol {rtol:g}, atol {rtol / 1000:g}", ""]
             details += ["| problem " + head, "|---|" + rule]
@@ -248,6 +284,19 @@ def main(argv=None) -> str:
             rows = benchmark_counts(case, flags.quick)
             cells = [f"{rows[c][0]} + {rows[c][1]}" for c in names]
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    if flags.relu_seeds:
+        lines += ["", "## ReLU MLPs (float32, dopri5)", ""]
+        lines += ["Forward NFE + the continuous adjoint's backward NFE; rtol = atol.", ""]
+        lines += ["| seed | rtol " + head, "|---:|---:|" + rule]
+        for tol in cli.numbers(flags.relu_rtols, "--relu-rtols"):
+            total = dict.fromkeys(names, (0, 0))
+            for seed in range(flags.relu_seeds):
+                rows = problem_counts(relu_mlp(seed, tol), f"relu seed {seed} rtol {tol:g}")
+                total = {c: (total[c][0] + rows[c][0], total[c][1] + rows[c][1]) for c in names}
+                cells = [f"{rows[c][0]} + {rows[c][1]}" for c in names]
+                lines.append(f"| {seed} | {tol:g} | " + " | ".join(cells) + " |")
+            cells = [f"{total[c][0]} + {total[c][1]}" for c in names]
+            lines.append(f"| all | {tol:g} | " + " | ".join(cells) + " |")
     lines += ["", "## Small problems, per problem", *details]
     return cli.publish("\n".join(lines) + "\n", flags.out)
 

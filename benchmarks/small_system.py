@@ -27,7 +27,13 @@ import time
 from . import cli
 
 RAISED = 1 << 30
-METHODS = ("ode_jax", "ode_jax observed_order=True", "jax.experimental.ode", "diffrax-rca")
+METHODS = (
+    "ode_jax",
+    "ode_jax observed_order=True",
+    "ode_jax pcoeff=0.2",
+    "jax.experimental.ode",
+    "diffrax-rca",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +58,12 @@ def _builder(method):
         return JAX_METHODS[method]
     import ode_jax
 
-    # The default controller (no observed-order rule in forward solves), or the rule forced on.
+    # The default controller (no observed-order rule in forward solves), the rule forced on, or
+    # a PI controller (whose previous-error term the loop must then compute).
     observed = True if "observed_order=True" in method else None
-    return ode_jax_method("continuous", ode_jax.PIDController(observed_order=observed))
+    pcoeff = 0.2 if "pcoeff=0.2" in method else 0.0
+    controller = ode_jax.PIDController(pcoeff=pcoeff, observed_order=observed)
+    return ode_jax_method("continuous", controller)
 
 
 def _measure(flags: Flags) -> list[dict]:

@@ -81,8 +81,18 @@ class PIDController:
     """Step-size controller: dt_new = dt * clip(safety * e_n^-(p+i)/k * e_{n-1}^(p/k), ...).
 
     ``e_n`` is the scaled error of this step and ``k`` the method's order. The default
-    (pcoeff=0, icoeff=1) is the classical integral controller used by diffrax, torchdiffeq and
-    Hairer's codes; pcoeff=0.4, icoeff=0.3 is a PI controller often better for neural ODEs.
+    (pcoeff=0, icoeff=1) is the classical integral controller used by diffrax, torchdiffeq,
+    jax.experimental.ode and Hairer's codes. Measured against it (``python -m
+    benchmarks.controller_study``, benchmarks/controller_study.md):
+
+    * pcoeff=0.2 (Hairer's beta = 0.04 stabilisation, integral gain kept) rejects 9-26% fewer
+      steps on 8 nonstiff test problems and takes 0.4-2.7% fewer evaluations at rtol 1e-6
+      and 1e-9 (0.5-1.6% more at 1e-3). On ReLU MLPs, whose error jumps at the kinks, the
+      continuous adjoint's backward evaluations move either way from field to field (the
+      study's three ReLU MLPs: 25 -> 19, 25 -> 31 and 37 -> 25 at rtol 1e-3).
+    * PI controllers with a smaller integral gain (pcoeff=0.3, icoeff=0.4; pcoeff=0.4,
+      icoeff=0.3) reject still fewer steps and reach smaller errors, but grow a small first
+      step slowly: 104-122 forward evaluations against 68 on benchmark (a).
 
     Attributes:
         pcoeff, icoeff: proportional and integral coefficients.
@@ -137,7 +147,6 @@ class PIDController:
         """
         tiny = jnp.finfo(jnp.result_type(err)).tiny
         inv = 1.0 / jnp.maximum(err, tiny)
-        inv_prev = 1.0 / jnp.maximum(prev_err, tiny)
         exponent = (self.pcoeff + self.icoeff) / order
         # The stepping loop passes ``last`` only when the rule is on for its solve.
         if last is not None and self.observed_order is not False:
@@ -148,7 +157,7 @@ class PIDController:
             exponent = jnp.where(prev_rejected & ~accept, 1.0 / seen, exponent)
         factor = self.safety * inv**exponent
         if self.pcoeff:
-            factor = factor * inv_prev ** (-self.pcoeff / order)
+            factor = factor * jnp.maximum(prev_err, tiny) ** (self.pcoeff / order)
         lo = self.factormin
         hi = jnp.where(accept, jnp.where(prev_rejected, 1.0, self.factormax), self.safety)
         factor = jnp.clip(factor, lo, hi)

@@ -73,8 +73,7 @@ class _State(eqx.Module):
     ys: Any  # the output buffers; None while stepping between outputs (see integrate)
     nfe: jax.Array
     num_steps: jax.Array
-    num_accepted: jax.Array
-    num_rejected: jax.Array
+    num_accepted: jax.Array  # (rejected steps: num_steps - num_accepted, after the loop)
     rejected: jax.Array  # the last attempted step was rejected
     nonfinite: jax.Array  # the last rejection was caused by a non-finite error estimate
     result: jax.Array
@@ -221,7 +220,6 @@ def integrate(
         nfe=(nfe + n_init).astype(i32),
         num_steps=jnp.asarray(0, i32),
         num_accepted=jnp.asarray(0, i32),
-        num_rejected=jnp.asarray(0, i32),
         rejected=jnp.asarray(False),
         nonfinite=jnp.asarray(False),
         result=jnp.asarray(RESULTS.successful, i32),
@@ -403,7 +401,6 @@ def integrate(
             nfe=nfe,
             num_steps=s.num_steps + 1,
             num_accepted=s.num_accepted + accept.astype(i32),
-            num_rejected=s.num_rejected + (~accept).astype(i32),
             rejected=~accept,
             nonfinite=nonfinite,
             result=result,
@@ -472,7 +469,7 @@ def integrate(
         "nfe": state.nfe,
         "num_steps": state.num_steps,
         "num_accepted": state.num_accepted,
-        "num_rejected": state.num_rejected,
+        "num_rejected": state.num_steps - state.num_accepted,
         **solver.counters(state.solver_state),
     }
     ev = state.event
