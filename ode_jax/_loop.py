@@ -316,11 +316,12 @@ def integrate(
     def body(s):
         # Fixed-step methods step to every output time; adaptive ones only to the end (outputs
         # in between come from the dense output). A step that would stop just short of its
-        # target (by rounding, or by under 0.1% of the step) is stretched onto it, rather than
-        # leaving a sliver of a step to take next.
+        # target (by rounding, or by under 1% of the step, as in Hairer's DOPRI5) is stretched
+        # onto it, rather than leaving a sliver of a step to take next: its error grows by
+        # about 1.01**order (5% for dopri5).
         target = t_end if solver.adaptive else next_time(s.index)
         t1 = s.t + s.dt
-        slack = jnp.maximum(1e-3 * s.dt, 100 * eps * jnp.abs(target))
+        slack = jnp.maximum(1e-2 * s.dt, 100 * eps * jnp.abs(target))
         t1 = jnp.where(t1 >= target - slack, target, t1)
         dt = t1 - s.t
         y1, y_err, info, new_solver_state, n_step = solver.step(

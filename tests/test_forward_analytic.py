@@ -151,6 +151,18 @@ def test_fixed_step_count_has_no_rounding_sliver(t1, dt, steps):
     np.testing.assert_allclose(sol.ys[-1], (1 - dt) ** steps, rtol=1e-12)
 
 
+@pytest.mark.parametrize("short, steps", [(0.005, 3), (0.02, 4)])
+def test_adaptive_step_ending_within_one_percent_of_the_end_lands_on_it(short, steps):
+    # y' = 0 has no error: from dt0 = 1 the steps grow tenfold (1, 10, 100) and the third
+    # ends at t = 111. An end 0.5% of that step further is reached by stretching the third
+    # step (as Hairer's DOPRI5 does, up to 1%); 2% further takes a fourth step.
+    t1 = 111.0 + short * 100.0
+    zero = lambda t, y, args: jnp.zeros_like(y)  # noqa: E731
+    sol = ode_jax.odeint(zero, 1.0, jnp.array([0.0, t1]), solver="dopri5", dt0=1.0)
+    assert int(sol.stats["num_steps"]) == steps
+    assert int(sol.stats["num_rejected"]) == 0
+
+
 @pytest.mark.parametrize("method", FIXED + ADAPTIVE)
 def test_nfe_counts_every_evaluation(method):
     """stats["nfe"] is the number of times f actually ran (counted by a host callback)."""
