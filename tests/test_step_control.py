@@ -112,3 +112,24 @@ def test_default_controller_uses_the_rule_in_backward_solves_only():
     assert b["default"] == b[True] != b[False]
     with pytest.raises(ValueError, match="observed_order"):
         PIDController(observed_order=1)
+
+
+def test_rejected_steps_are_the_rejections_the_controller_saw():
+    # The loop derives num_rejected as attempted minus accepted steps; check it against the
+    # accept flags the controller was handed, on the spiral (which rejects many steps).
+    seen = []
+
+    class Watch(PIDController):
+        def factor(self, err, prev_err, accept, order, prev_rejected=False, last=None):
+            jax.debug.callback(lambda a: seen.append(bool(a)), accept)
+            return super().factor(err, prev_err, accept, order, prev_rejected, last)
+
+    a = jnp.array([[-0.1, 2.0], [-2.0, -0.1]])
+    sol = ode_jax.odeint(
+        lambda t, y, a: (y**3) @ a, jnp.array([2.0, 0.0]), jnp.linspace(0.0, 25.0, 3), a,
+        solver="dopri5", controller=Watch(),
+    )  # fmt: skip
+    jax.block_until_ready(sol.ys)
+    assert int(sol.stats["num_steps"]) == len(seen)
+    assert int(sol.stats["num_rejected"]) == seen.count(False) > 0
+    assert int(sol.stats["num_accepted"]) == seen.count(True)
