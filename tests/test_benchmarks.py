@@ -130,6 +130,18 @@ def test_controller_study_rules_and_report():
     assert "speed benchmark" not in text
 
 
+def test_seminorm_study_reports_error_and_evaluations():
+    from benchmarks.seminorm_study import METHODS, main
+
+    text = main(["--cases", "relu0"])
+    rows = [line.split("|")[1:-1] for line in text.splitlines() if line.startswith("| relu0")]
+    assert [r[1].strip() for r in rows] == list(METHODS)
+    err = {r[1].strip(): float(r[2]) for r in rows}
+    bwd = {r[1].strip(): int(r[4]) for r in rows}
+    assert all(0 < e < 0.2 for e in err.values())  # against the float64 reference
+    assert bwd["continuous, seminorm"] < bwd["continuous"]
+
+
 def test_groupnorm_forms_agree_and_the_script_times_both():
     import numpy as np
 
@@ -210,6 +222,7 @@ def test_list_flags_take_commas_or_spaces_and_all():
         ("downsample", ["--out", "no_such_folder/downsample.md"], "mkdir -p no_such_folder"),
         ("step_cost", ["--cases", "mlp,nope"], "--cases: unknown nope"),
         ("controller_study", ["--problems", "lorenz,vdp"], "--problems: unknown vdp"),
+        ("seminorm_study", ["--cases", "relu3"], "--cases: unknown relu3"),
         ("adjoint_study", ["--training", "no_such_folder"], "--training no_such_folder"),
     ],
 )
