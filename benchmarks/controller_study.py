@@ -50,7 +50,8 @@ import ode_jax
 from ode_jax import PIDController
 
 from . import cli
-from .methods import counting
+from .measure import count_solve
+from .methods import ode_jax_method
 
 _FACTOR = PIDController.factor
 
@@ -215,24 +216,7 @@ def problem_counts(problem, label: str) -> dict:
     runs = [(c, controller, "continuous") for c, controller in CONTROLLERS.items()]
     runs.append((SEMINORM, PIDController(), ode_jax.ContinuousAdjoint(seminorm=True)))
     for c, controller, adjoint in runs:
-        counter = [0]
-        vf = counting(problem.vf, counter)
-
-        def loss(params, controller=controller, vf=vf, adjoint=adjoint):
-            sol = ode_jax.odeint(
-                vf, problem.y0, problem.ts, params, solver="dopri5", rtol=problem.rtol,
-                atol=problem.atol, controller=controller, adjoint=adjoint,
-            )  # fmt: skip
-            return problem.loss(sol.ys)
-
-        fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-        jax.block_until_ready((fwd(problem.params), grad(problem.params)))
-        counter[0] = 0
-        jax.block_until_ready(fwd(problem.params))
-        n_fwd = counter[0]
-        counter[0] = 0
-        jax.block_until_ready(grad(problem.params))
-        rows[c] = (n_fwd, counter[0] - n_fwd)
+        rows[c] = count_solve(problem, ode_jax_method(adjoint, controller))
         print(f"  {label} {c}: {rows[c]}", file=sys.stderr, flush=True)
     return rows
 

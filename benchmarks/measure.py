@@ -137,13 +137,20 @@ def jax_runner(name: str, problem, count_nfe: bool = True, build: Callable | Non
     )
     r.add_compile(cf, cg)
     if count_nfe:
-        solve_c = build(problem, counting(problem.vf, counter := [0]))
-        r.count = lambda: count_calls(
-            counter,
-            lambda: jax.jit(solve_c)(params),
-            lambda: jax.jit(jax.grad(lambda p: problem.loss(solve_c(p))))(params),
-        )
+        r.count = lambda: count_solve(problem, build)
     return r
+
+
+def count_solve(problem, build) -> tuple[int, int]:
+    """(forward count, backward count) of field evaluations of a JAX method ``build(problem,
+    vf) -> (params -> ys)`` on ``problem``: its forward solve, and its gradient of the loss."""
+    solve = build(problem, counting(problem.vf, counter := [0]))
+    params = problem.params
+    return count_calls(
+        counter,
+        lambda: jax.jit(solve)(params),
+        lambda: jax.jit(jax.grad(lambda p: problem.loss(solve(p))))(params),
+    )
 
 
 def count_calls(counter: list, fwd: Callable, grad: Callable) -> tuple[int, int]:

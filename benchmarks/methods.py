@@ -17,9 +17,11 @@ ANCHORS = ("diffrax-rca", "diffrax-backsolve", "jax.experimental.ode")
 
 
 def ode_jax_method(
-    adjoint: str, controller: ode_jax.PIDController | None = None, solver="dopri5"
+    adjoint: str | ode_jax.AbstractAdjoint,
+    controller: ode_jax.PIDController | None = None,
+    solver="dopri5",
 ) -> Callable:
-    """ode_jax's dopri5 with ``adjoint`` (and ``controller``, None: the default one;
+    """ode_jax's dopri5 with ``adjoint`` (a name or object; ``controller``, None: the default one;
     ``solver``: dopri5 in another layout, e.g. ``ode_jax.SOLVERS["dopri5"].looped()``)."""
 
     def build(problem, vf):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import sys
 
 import jax
@@ -26,7 +27,8 @@ import ode_jax
 from . import cli
 from .adjoint_study import cast, flat, rel_err
 from .controller_study import relu_mlp
-from .methods import counting
+from .measure import count_calls
+from .methods import counting, ode_jax_method
 
 CASES = ("mlp_eqx", "odenet", "odenet_plain", "relu0", "relu1", "relu2")
 METHODS = {
@@ -56,18 +58,11 @@ def problem(case: str, quick: bool):
     return PROBLEMS[case](quick=quick)
 
 
-def gradient(p, adjoint, counter=None):
-    """The loss's gradient w.r.t. the parameters, jitted (f counted into ``counter``)."""
-    vf = p.vf if counter is None else counting(p.vf, counter)
-
-    def loss(params):
-        sol = ode_jax.odeint(
-            vf, p.y0, p.ts, params, solver="dopri5", rtol=p.rtol, atol=p.atol,
-            adjoint=adjoint, max_steps=16384,
-        )  # fmt: skip
-        return p.loss(sol.ys)
-
-    return jax.jit(jax.grad(loss)), jax.jit(loss)
+def gradient(p, adjoint, vf=None):
+    """The jitted gradient of the problem's loss w.r.t. its parameters (``vf``: the field to
+    solve, default the problem's)."""
+    solve = ode_jax_method(adjoint)(p, vf or p.vf)
+    return jax.jit(jax.grad(lambda params: p.loss(solve(params)))), jax.jit(solve)
 
 
 def rows_for(case: str, quick: bool) -> list[dict]:
@@ -78,16 +73,16 @@ def rows_for(case: str, quick: bool) -> list[dict]:
     rows = []
     for name, adjoint in METHODS.items():
         counter = [0]
-        grad, fwd = gradient(p, adjoint, counter)
-        jax.block_until_ready((grad(p.params), fwd(p.params)))
-        counter[0] = 0
-        jax.block_until_ready(fwd(p.params))
-        n_fwd = counter[0]
-        counter[0] = 0
-        g = grad(p.params)
-        jax.block_until_ready(g)
-        rows.append(dict(case=case, method=name, err=rel_err(flat(g), ref), nfe_fwd=n_fwd,
-                         nfe_bwd=counter[0] - n_fwd))  # fmt: skip
+        grad, fwd = gradient(p, adjoint, counting(p.vf, counter))
+        kept = []  # the counted call's gradient
+
+        def run_grad(grad=grad, kept=kept):
+            kept.append(grad(p.params))
+            return kept[-1]
+
+        n_fwd, n_bwd = count_calls(counter, functools.partial(fwd, p.params), run_grad)
+        err = rel_err(flat(kept[0]), ref)
+        rows.append(dict(case=case, method=name, err=err, nfe_fwd=n_fwd, nfe_bwd=n_bwd))
         print(f"  {case} {name}: {rows[-1]}", file=sys.stderr, flush=True)
     return rows
 
