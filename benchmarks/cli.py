@@ -8,6 +8,7 @@ prints it as one line.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import tyro
 
 from experiments.common.cli import UserError, entry
 
-__all__ = ["UserError", "entry", "names", "numbers", "parse", "publish", "writable"]
+__all__ = ["UserError", "entry", "log", "names", "numbers", "parse", "publish", "writable"]
 
 
 def parse(cls, argv: Sequence[str] | None, name: str):
@@ -53,6 +54,11 @@ def writable(path: str, flag: str = "--out") -> str:
     if path and not parent.is_dir():
         raise UserError(f"{flag} {path}: no folder {parent}; create it (mkdir -p {parent})")
     return path
+
+
+def log(*parts) -> None:
+    """A progress line on stderr (the report itself goes to stdout), flushed at once."""
+    print(*parts, file=sys.stderr, flush=True)
 
 
 def publish(text: str, path: str) -> str:

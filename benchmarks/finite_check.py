@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -143,7 +142,7 @@ def main(argv=None) -> str:
             # discrete rows are scaled by that.
             names = VARIANTS if what == "discrete gradient" else (*VARIANTS, JEO)
             fns = {n: functools.partial(_compile, problem, what, n) for n in names}
-            log = functools.partial(_log, f"  {case} {what}:")
+            log = functools.partial(cli.log, f"  {case} {what}:")
             medians = interleaved(fns, args.compiles, log)
             if JEO in medians:
                 ref = medians[JEO]["total"]
@@ -154,10 +153,6 @@ def main(argv=None) -> str:
                     f"| {row['instructions']} | {row['fusions']} |"
                 )
     return cli.publish("\n".join(lines) + "\n", args.out)
-
-
-def _log(prefix: str, message: str) -> None:
-    print(prefix, message.strip(), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import sys
 
 import jax
 
@@ -27,10 +26,6 @@ from .methods import JAX_METHODS
 from .run import PROBLEMS
 
 VARIANTS = ("nested jit (default)", "f called per stage")
-
-
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class _NoJit:
@@ -67,7 +62,9 @@ def main(argv=None) -> str:
     for case in cases:
         problem = PROBLEMS[case](quick=args.quick)
         variants = {v: functools.partial(_compile, problem, v) for v in VARIANTS}
-        medians = interleaved(variants, args.compiles, lambda s, case=case: _log(f"  {case}:{s}"))
+        medians = interleaved(
+            variants, args.compiles, lambda s, case=case: cli.log(f"  {case}:{s}")
+        )
         for v, row in medians.items():
             lines.append(
                 f"| {case} | {v} | {row['trace']:.3f} | {row['total']:.3f} | "

@@ -18,7 +18,6 @@ jax.experimental.ode, all measured in the same process (interleaved rounds, medi
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import ode_jax
 
@@ -51,10 +50,6 @@ class Flags:
     """write the markdown report here too ('' = print only)"""
 
 
-def _log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def runners(problem) -> list:
     """The settings (keep_stages, stage layout) and the two anchors, compiled, with f
     counted."""
@@ -62,16 +57,16 @@ def runners(problem) -> list:
     for name, (keep, solver) in SETTINGS.items():
         build = ode_jax_method(ode_jax.DiscreteAdjoint(keep_stages=keep), solver=solver)
         out.append(jax_runner(name, problem, build=build))
-        _log(f"  compiled {name}")
+        cli.log(f"  compiled {name}")
     for name in ANCHORS:
         out.append(jax_runner(name, problem))
-        _log(f"  compiled {name}")
+        cli.log(f"  compiled {name}")
     return out
 
 
 def measure_case(problem, rounds: int, compiles: int) -> list[dict]:
     rs = runners(problem)
-    compile_rounds(rs, compiles, _log)
+    compile_rounds(rs, compiles, cli.log)
     grad_s = interleaved_medians({r.name: r.grad for r in rs}, rounds)
     count_nfes(rs)  # after the timing: no callback runs before the timed calls
     ref = grad_s["jax.experimental.ode"]
@@ -116,7 +111,7 @@ def main(argv=None) -> str:
     ]
     for case in cases:
         problem = PROBLEMS[case](quick=flags.quick)
-        _log(f"{problem.title}")
+        cli.log(f"{problem.title}")
         rows = measure_case(problem, rounds, compiles)
         parts.append(f"### {problem.title}\n\n{table(rows)}")
     return cli.publish("\n\n".join(parts) + "\n", flags.out)
