@@ -19,10 +19,14 @@ the run may share the machine):
 
 The controllers (the first is the library's default):
 
-* ``default``: ``PIDController()``, the integral controller, with no step growth on the step
+* ``default``: ``PIDController()``: in forward solves ``PI 0.2/1`` below, in the continuous
+  adjoint's backward solves the integral controller; in both, no step growth on the step
   accepted right after a rejection (Hairer's codes);
+* ``integral``: ``PIDController(pcoeff=0.0)``, the integral controller (with the hold) in
+  every solve, the default before 2026-12-01;
 * ``PI 0.2/1``: ``PIDController(pcoeff=0.2)``, the integral controller damped by Hairer's
-  beta = 0.04 (err^-0.24 err_prev^0.04; where the error is steady, the same steps);
+  beta = 0.04 (err^-0.24 err_prev^0.04; where the error is steady, the same steps), in
+  every solve (forward solves: the same steps as the default);
 * ``no hold``: the integral controller without the hold (diffrax's default);
 * ``never shrink``: jax.experimental.ode's rule: the integral controller, no hold, and an
   accepted step never shrinks the next one (its factor is at least 1);
@@ -76,9 +80,10 @@ class NeverShrink(PIDController):
 
 CONTROLLERS = {
     "default": PIDController(),
+    "integral": PIDController(pcoeff=0.0),
     "PI 0.2/1": PIDController(pcoeff=0.2),
-    "no hold": NoHold(),
-    "never shrink": NeverShrink(),
+    "no hold": NoHold(pcoeff=0.0),
+    "never shrink": NeverShrink(pcoeff=0.0),
     "PI 0.2/0.65": PIDController(pcoeff=0.2, icoeff=0.65),
     "PI 0.3/0.4": PIDController(pcoeff=0.3, icoeff=0.4),
     "PI 0.4/0.3": PIDController(pcoeff=0.4, icoeff=0.3),

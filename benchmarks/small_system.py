@@ -30,7 +30,7 @@ RAISED = 1 << 30
 METHODS = (
     "ode_jax",
     "ode_jax observed_order=True",
-    "ode_jax pcoeff=0.2",
+    "ode_jax pcoeff=0",
     "jax.experimental.ode",
     "diffrax-rca",
 )
@@ -58,10 +58,10 @@ def _builder(method):
         return JAX_METHODS[method]
     import ode_jax
 
-    # The default controller (no observed-order rule in forward solves), the rule forced on, or
-    # a PI controller (whose previous-error term the loop must then compute).
-    observed = True if "observed_order=True" in method else None
-    pcoeff = 0.2 if "pcoeff=0.2" in method else 0.0
+    # The default controller (in forward solves: pcoeff=0.2, no observed-order rule), the rule
+    # forced on, or the plain integral controller (no previous-error term in the loop).
+    observed = True if method.endswith("observed_order=True") else None
+    pcoeff = 0.0 if method.endswith("pcoeff=0") else None
     controller = ode_jax.PIDController(pcoeff=pcoeff, observed_order=observed)
     return ode_jax_method("continuous", controller)
 

@@ -323,11 +323,16 @@ _BACKWARD_START = 0.85  # the first backward step, as a fraction of the forward'
 
 
 def _backward_controller(controller):
-    """The forward's controller, with the observed-order rule on unless the user turned it
-    off (``observed_order=None`` means: in backward solves only)."""
+    """The forward's controller with its backward-solve defaults: the observed-order rule on
+    unless the user turned it off (``observed_order=None`` means: in backward solves only),
+    and the integral controller unless the user set ``pcoeff`` (None means: 0.2 in forward
+    solves only)."""
+    changes = {}
     if getattr(controller, "observed_order", False) is None:
-        return dataclasses.replace(controller, observed_order=True)
-    return controller
+        changes["observed_order"] = True
+    if getattr(controller, "pcoeff", 0.0) is None:
+        changes["pcoeff"] = 0.0
+    return dataclasses.replace(controller, **changes) if changes else controller
 
 
 def _usable_dt(dt, ts, i):

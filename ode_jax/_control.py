@@ -76,26 +76,37 @@ def initial_step(f, t0, y0, args, f0, order, rtol, atol, norm):
     return jnp.minimum(100 * h0, h1.astype(t0.dtype))
 
 
+# The proportional coefficient of forward solves when ``pcoeff`` is left at None.
+FORWARD_PCOEFF = 0.2
+
+
 @dataclasses.dataclass(frozen=True)
 class PIDController:
     """Step-size controller: dt_new = dt * clip(safety * e_n^-(p+i)/k * e_{n-1}^(p/k), ...).
 
-    ``e_n`` is the scaled error of this step and ``k`` the method's order. The default
-    (pcoeff=0, icoeff=1) is the classical integral controller used by diffrax, torchdiffeq,
-    jax.experimental.ode and Hairer's codes. Measured against it (``python -m
-    benchmarks.controller_study``, benchmarks/controller_study.md):
+    ``e_n`` is the scaled error of this step and ``k`` the method's order. ``pcoeff=0,
+    icoeff=1`` is the classical integral controller (diffrax's, torchdiffeq's and
+    jax.experimental.ode's default). The default here (``pcoeff=None``) damps it with
+    ``pcoeff=0.2`` in forward solves (Hairer's beta = 0.04 stabilisation, integral gain
+    kept) and keeps it plain in the continuous adjoint's backward solves. Measured against
+    the integral controller (``python -m benchmarks.controller_study``,
+    benchmarks/controller_study.md):
 
-    * pcoeff=0.2 (Hairer's beta = 0.04 stabilisation, integral gain kept) rejects 9-26% fewer
-      steps on 8 nonstiff test problems and takes 0.4-2.7% fewer evaluations at rtol 1e-6
-      and 1e-9 (0.5-1.6% more at 1e-3). On ReLU MLPs, whose error jumps at the kinks, the
-      continuous adjoint's backward evaluations move either way from field to field (the
-      study's three ReLU MLPs: 25 -> 19, 25 -> 31 and 37 -> 25 at rtol 1e-3).
+    * Forward, pcoeff=0.2 rejects 9-26% fewer steps on 8 nonstiff test problems and takes
+      0.4-2.7% fewer evaluations at rtol 1e-6 and 1e-9 (0.5-1.6% more at 1e-3; 0.9% fewer
+      over all six settings), as many on the speed benchmark's neural ODEs, and 1490 against
+      1640 on its spiral, whose error changes from step to step at the same step size.
+    * Backward, on ReLU MLPs, whose error jumps at the kinks, pcoeff=0.2 moves the evaluation
+      counts either way from field to field (the study's three: 25 -> 19, 25 -> 31 and 37 ->
+      25 at rtol 1e-3), and on the summed-loss ReLU MLP of tests/test_step_control.py it took
+      79 against 43: backward solves keep pcoeff=0 unless it is set.
     * PI controllers with a smaller integral gain (pcoeff=0.3, icoeff=0.4; pcoeff=0.4,
       icoeff=0.3) reject still fewer steps and reach smaller errors, but grow a small first
       step slowly: 104-122 forward evaluations against 68 on benchmark (a).
 
     Attributes:
-        pcoeff, icoeff: proportional and integral coefficients.
+        pcoeff, icoeff: proportional and integral coefficients. ``pcoeff=None`` (default):
+            0.2 in forward solves, 0 in the continuous adjoint's backward solves.
         factormin, factormax: bounds on dt_new / dt after an accepted step.
         safety: safety factor (< 1). After a rejected step the factor is at most ``safety``.
         observed_order: after two rejections in a row, shrink the step by the order the two
@@ -110,7 +121,7 @@ class PIDController:
     total NFE on the forward test problems by 0-13% (raising it on none of the sets).
     """
 
-    pcoeff: float = 0.0
+    pcoeff: float | None = None
     icoeff: float = 1.0
     factormin: float = 0.2
     factormax: float = 10.0
@@ -119,8 +130,11 @@ class PIDController:
 
     def __post_init__(self):
         for name in ("pcoeff", "icoeff"):
-            if not 0 <= getattr(self, name) < 10:
-                raise ValueError(f"PIDController: {name}={getattr(self, name)} must be in [0, 10)")
+            value = getattr(self, name)
+            if (value is not None or name == "icoeff") and not (
+                isinstance(value, (int, float)) and 0 <= value < 10
+            ):
+                raise ValueError(f"PIDController: {name}={value!r} must be in [0, 10)")
         if not 0 < self.factormin < 1 < self.factormax:
             raise ValueError(
                 f"PIDController: need 0 < factormin ({self.factormin}) < 1 < factormax "
@@ -147,7 +161,8 @@ class PIDController:
         """
         tiny = jnp.finfo(jnp.result_type(err)).tiny
         inv = 1.0 / jnp.maximum(err, tiny)
-        exponent = (self.pcoeff + self.icoeff) / order
+        pcoeff = FORWARD_PCOEFF if self.pcoeff is None else self.pcoeff
+        exponent = (pcoeff + self.icoeff) / order
         # The stepping loop passes ``last`` only when the rule is on for its solve.
         if last is not None and self.observed_order is not False:
             last_err, ratio = last
@@ -156,8 +171,8 @@ class PIDController:
             seen = jnp.clip(seen, 2.0, order)
             exponent = jnp.where(prev_rejected & ~accept, 1.0 / seen, exponent)
         factor = self.safety * inv**exponent
-        if self.pcoeff:
-            factor = factor * jnp.maximum(prev_err, tiny) ** (self.pcoeff / order)
+        if pcoeff:
+            factor = factor * jnp.maximum(prev_err, tiny) ** (pcoeff / order)
         lo = self.factormin
         hi = jnp.where(accept, jnp.where(prev_rejected, 1.0, self.factormax), self.safety)
         factor = jnp.clip(factor, lo, hi)

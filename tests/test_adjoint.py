@@ -179,7 +179,7 @@ def test_grad_of_grad_continuous_adjoint():
     np.testing.assert_allclose(h, 2 * np.exp(-2 * a), rtol=1e-7)
 
 
-def _neural_ode_loss(mlp, probe, adjoint, seminorm, rtol, atol):
+def _neural_ode_loss(mlp, probe, adjoint, rtol, atol):
     y0 = jax.random.normal(jax.random.PRNGKey(3), (16, 3))
     sol = ode_jax.odeint(
         lambda t, y, m: jax.vmap(m)(y),
@@ -188,33 +188,49 @@ def _neural_ode_loss(mlp, probe, adjoint, seminorm, rtol, atol):
         mlp,
         rtol=rtol,
         atol=atol,
-        adjoint=ode_jax.ContinuousAdjoint(seminorm=True) if seminorm else adjoint,
+        adjoint=adjoint,
         probe=probe,
     )
     return jnp.mean(sol.ys[-1] ** 2), sol.stats
 
 
-def _grads_and_stats(adjoint, seminorm=False, rtol=1e-4, atol=1e-8):
+def _grads_and_stats(adjoint, rtol=1e-4, atol=1e-8):
     mlp = eqx.nn.MLP(3, 3, 32, 2, activation=jnp.tanh, key=jax.random.PRNGKey(1))
     mlp = jax.tree.map(lambda x: x * 1.5 if eqx.is_inexact_array(x) else x, mlp)
     grad_fn = eqx.filter_grad(
-        lambda mp: _neural_ode_loss(mp[0], mp[1], adjoint, seminorm, rtol, atol), has_aux=True
+        lambda mp: _neural_ode_loss(mp[0], mp[1], adjoint, rtol, atol), has_aux=True
     )
     (g, g_probe), fwd = grad_fn((mlp, ode_jax.make_probe()))
     return g, ode_jax.probe_stats(g_probe), fwd
 
 
 def test_seminorm_same_gradient_fewer_backward_steps():
-    g_full, bwd_full, fwd = _grads_and_stats("continuous", seminorm=False)
-    g_semi, bwd_semi, _ = _grads_and_stats("continuous", seminorm=True)
+    # A ReLU MLP under a summed loss: the parameter adjoint's error limits the backward steps
+    # under the full norm (benchmarks/controller_study.md: ReLU MLPs 825 -> 327 backward
+    # evaluations at rtol 1e-5). On smooth tanh fields the two norms take about as many.
+    mlp = eqx.nn.MLP(8, 8, 32, 2, activation=jax.nn.relu, key=jax.random.key(0))
+    params, static = eqx.partition(mlp, eqx.is_array)
+    y0 = jax.random.normal(jax.random.key(1), (64, 8))
+
+    def grad_and_nfe(seminorm):
+        def loss(pp):
+            p, probe = pp
+            sol = ode_jax.odeint(
+                lambda t, y, q: jax.vmap(eqx.combine(q, static))(y), y0, jnp.array([0.0, 1.0]),
+                p, rtol=1e-5, atol=1e-5, probe=probe,
+                adjoint=ode_jax.ContinuousAdjoint(seminorm=seminorm),
+            )  # fmt: skip
+            return jnp.sum(sol.ys[-1] ** 2)
+
+        g, g_probe = jax.grad(loss)((params, ode_jax.make_probe()))
+        return g, int(ode_jax.probe_stats(g_probe)["nfe"])
+
+    (g_full, nfe_full), (g_semi, nfe_semi) = grad_and_nfe(False), grad_and_nfe(True)
     for a, b in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_semi)):
-        # Both are within the solver tolerance (rtol 1e-4) of the true gradient.
+        # Measured: 7e-4 of the largest entry apart (both about rtol-accurate).
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-2 * float(jnp.max(jnp.abs(a))))
-    assert int(bwd_semi["nfe"]) < int(bwd_full["nfe"]), (bwd_semi, bwd_full)
-    print(
-        f"\nforward NFE {int(fwd['nfe'])}; backward NFE full norm {int(bwd_full['nfe'])}, "
-        f"seminorm {int(bwd_semi['nfe'])}"
-    )
+    # Measured: 517 against 259.
+    assert nfe_semi < 0.75 * nfe_full, (nfe_semi, nfe_full)
 
 
 def test_adjoints_agree_and_report_backward_stats():

@@ -76,6 +76,7 @@ def test_nested_jit_probe_compiles_both_variants_to_the_same_program():
     assert rk.jax is jax  # the variant without the nested jit is undone
 
 
+@pytest.mark.slow  # a diagnostic script's smoke run (20-35 s); run with -m slow
 def test_finite_check_compiles_every_variant_and_restores_the_library():
     import ode_jax._loop
     import ode_jax._odeint
@@ -142,6 +143,7 @@ def test_seminorm_study_reports_error_and_evaluations():
     assert bwd["continuous, seminorm"] < bwd["continuous"]
 
 
+@pytest.mark.slow  # a diagnostic script's smoke run (20-35 s); run with -m slow
 def test_groupnorm_forms_agree_and_the_script_times_both():
     import numpy as np
 

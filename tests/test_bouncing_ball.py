@@ -86,8 +86,9 @@ def test_height_loss_gradient_with_drag_mlp_matches_finite_differences(adjoint):
 
     grad = jax.jit(jax.grad(loss))(flat)
     # Every parameter (log g, logit e, the MLP's weights; the last bias cancels in m(v) - m(0)).
-    # eps: central differences of an adaptive solve are noisy below ~1e-5.
+    # eps: central differences of an adaptive solve are noisy below ~1e-5; where the gradient
+    # is exactly 0 (the last bias) they read up to 1.2e-7 (the solves' steps differ).
     loss_jit, eps, basis = jax.jit(loss), 1e-4, np.eye(flat.shape[0])
     fd = [(loss_jit(flat + eps * d) - loss_jit(flat - eps * d)) / (2 * eps) for d in basis]
-    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-6)
     assert float(grad[-1]) == 0.0

@@ -12,13 +12,13 @@ from ode_jax._control import PIDController
 
 
 def test_second_rejection_uses_the_observed_order():
-    ctl = PIDController()
+    ctl = PIDController(pcoeff=0.0)  # the integral controller, as backward solves use it
     err = jnp.asarray(4.0)
     # The previous attempt, twice as long, had 4x the error: the error behaves like dt**2.
     f = ctl.factor(err, jnp.asarray(1.0), jnp.asarray(False), 5, jnp.asarray(True), (16.0, 2.0))
     np.testing.assert_allclose(f, 0.9 * 4.0 ** (-1 / 2), rtol=1e-12)
     # The textbook factor without the rule, after a first rejection, or on acceptance.
-    plain = PIDController(observed_order=False)
+    plain = PIDController(pcoeff=0.0, observed_order=False)
     args = (err, jnp.asarray(1.0), jnp.asarray(False), 5, jnp.asarray(True), (16.0, 2.0))
     np.testing.assert_allclose(plain.factor(*args), 0.9 * 4.0 ** (-1 / 5), rtol=1e-12)
     first = ctl.factor(err, jnp.asarray(1.0), jnp.asarray(False), 5, jnp.asarray(False), (1, 1))
@@ -133,3 +133,24 @@ def test_rejected_steps_are_the_rejections_the_controller_saw():
     assert int(sol.stats["num_steps"]) == len(seen)
     assert int(sol.stats["num_rejected"]) == seen.count(False) > 0
     assert int(sol.stats["num_accepted"]) == seen.count(True)
+
+
+def test_default_pcoeff_damps_forward_solves_only():
+    # pcoeff=None: 0.2 in forward solves (the spiral rejects fewer steps than under the plain
+    # integral controller), 0 in the continuous adjoint's backward solves unless set.
+    from ode_jax._continuous import _backward_controller
+
+    a = jnp.array([[-0.1, 2.0], [-2.0, -0.1]])
+    y0 = jnp.array([2.0, 0.0])
+    ts = jnp.linspace(0.0, 25.0, 50)
+
+    def stats(ctl):
+        sol = ode_jax.odeint(lambda t, y, a: (y**3) @ a, y0, ts, a, rtol=1e-6, controller=ctl)
+        return int(sol.stats["nfe"]), int(sol.stats["num_rejected"])
+
+    default, pi, integral = (stats(PIDController(pcoeff=p)) for p in (None, 0.2, 0.0))
+    assert default == pi and default[1] < integral[1]
+    assert _backward_controller(PIDController()).pcoeff == 0.0
+    assert _backward_controller(PIDController(pcoeff=0.3)).pcoeff == 0.3
+    with pytest.raises(ValueError, match="pcoeff"):
+        PIDController(pcoeff=-0.1)
