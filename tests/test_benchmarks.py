@@ -62,6 +62,7 @@ def test_compile_probe_reports_steps_and_program_size():
         assert 0 < float(compile_s) < float(total) and int(instructions) > 0
 
 
+@pytest.mark.slow  # a study script's smoke run (9-15 s); run with -m slow
 def test_nested_jit_probe_compiles_both_variants_to_the_same_program():
     import jax
 
@@ -76,7 +77,7 @@ def test_nested_jit_probe_compiles_both_variants_to_the_same_program():
     assert rk.jax is jax  # the variant without the nested jit is undone
 
 
-@pytest.mark.slow  # a diagnostic script's smoke run (20-35 s); run with -m slow
+@pytest.mark.slow  # a study script's smoke run (20-35 s); run with -m slow
 def test_finite_check_compiles_every_variant_and_restores_the_library():
     import ode_jax._loop
     import ode_jax._odeint
@@ -99,6 +100,7 @@ def test_finite_check_compiles_every_variant_and_restores_the_library():
     assert len(rows) == 2 and int(rows[0][2]) < int(rows[1][2])  # float form: fewer ops
 
 
+@pytest.mark.slow  # a study script's smoke run (9-15 s); run with -m slow
 def test_small_system_times_every_method_and_counts_one_kernel_loops():
     from benchmarks.small_system import METHODS, Flags, _measure, table
 
@@ -109,6 +111,7 @@ def test_small_system_times_every_method_and_counts_one_kernel_loops():
     assert text.count("\n") == 2 + 2 * len(METHODS) and "| 3 | 2 | ode_jax |" in text
 
 
+@pytest.mark.slow  # a study script's smoke run (9-15 s); run with -m slow
 def test_controller_study_rules_and_report():
     import jax.numpy as jnp
 
@@ -131,6 +134,7 @@ def test_controller_study_rules_and_report():
     assert "speed benchmark" not in text
 
 
+@pytest.mark.slow  # a study script's smoke run (9-15 s); run with -m slow
 def test_seminorm_study_reports_error_and_evaluations():
     from benchmarks.seminorm_study import METHODS, main
 
@@ -143,7 +147,7 @@ def test_seminorm_study_reports_error_and_evaluations():
     assert bwd["continuous, seminorm"] < bwd["continuous"]
 
 
-@pytest.mark.slow  # a diagnostic script's smoke run (20-35 s); run with -m slow
+@pytest.mark.slow  # a study script's smoke run (20-35 s); run with -m slow
 def test_groupnorm_forms_agree_and_the_script_times_both():
     import numpy as np
 
@@ -160,6 +164,7 @@ def test_groupnorm_forms_agree_and_the_script_times_both():
     assert len(rows) == 4 and all(float(r.split("|")[-2]) > 0 for r in rows)
 
 
+@pytest.mark.slow  # a study script's smoke run (9-15 s); run with -m slow
 def test_downsample_stacks_agree_and_the_script_times_them():
     import numpy as np
 
