@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -131,10 +132,11 @@ class PIDController:
     def __post_init__(self):
         for name in ("pcoeff", "icoeff"):
             value = getattr(self, name)
-            if (value is not None or name == "icoeff") and not (
-                isinstance(value, (int, float)) and 0 <= value < 10
-            ):
-                raise ValueError(f"PIDController: {name}={value!r} must be in [0, 10)")
+            if name == "pcoeff" and value is None:
+                continue  # the default: 0.2 in forward solves, 0 in backward ones
+            if not (isinstance(value, numbers.Real) and 0 <= value < 10):
+                allowed = "None or a number in [0, 10)" if name == "pcoeff" else "in [0, 10)"
+                raise ValueError(f"PIDController: {name}={value!r} must be {allowed}")
         if not 0 < self.factormin < 1 < self.factormax:
             raise ValueError(
                 f"PIDController: need 0 < factormin ({self.factormin}) < 1 < factormax "
