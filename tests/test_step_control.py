@@ -152,5 +152,6 @@ def test_default_pcoeff_damps_forward_solves_only():
     assert default == pi and default[1] < integral[1]
     assert _backward_controller(PIDController()).pcoeff == 0.0
     assert _backward_controller(PIDController(pcoeff=0.3)).pcoeff == 0.3
-    with pytest.raises(ValueError, match="pcoeff"):
+    with pytest.raises(ValueError, match="pcoeff=-0.1 must be None or a number"):
         PIDController(pcoeff=-0.1)
+    assert PIDController(pcoeff=np.float32(0.2)).pcoeff == np.float32(0.2)  # numpy scalars too
