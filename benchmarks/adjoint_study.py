@@ -433,9 +433,6 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     t_start, load_start = time.perf_counter(), os.getloadavg()
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     problems = study_problems(args.quick)
     cases, sweep_cases = list(args.cases), list(args.sweep_cases)
     couplings = [float(c) for c in args.couplings]
@@ -443,7 +440,7 @@ def main(argv=None) -> str:
     for case in dict.fromkeys(cases + sweep_cases):
         problem = problems[case]
         solver, tol = REFERENCE[case]
-        log(f"{problem.title}\n  float64 reference ({solver}, discrete, tol {tol:g}) ...")
+        cli.log(f"{problem.title}\n  float64 reference ({solver}, discrete, tol {tol:g}) ...")
         t0 = time.perf_counter()
         refs[case], ref_steps = reference_grad(problem, solver, tol)
         looser, _ = reference_grad(problem, solver, 10 * tol)
@@ -454,7 +451,7 @@ def main(argv=None) -> str:
         )
         if case in cases:
             rows, dtmax = compare_methods(
-                problem, list(args.methods), refs[case], args.rounds, args.sample_s, log
+                problem, list(args.methods), refs[case], args.rounds, args.sample_s, cli.log
             )
             sections.append(
                 f"### {problem.title}\n\n{markdown_table(rows, METHOD_COLUMNS)}\n\n{ref_line} "
@@ -465,7 +462,7 @@ def main(argv=None) -> str:
         swept = case in sweep_cases
         rows = reversible_sweep(
             case, problem, refs[case], (jnp.float32, jnp.float64),
-            couplings if swept else [0.999], SWEEP_TOLS if swept else [own], log,
+            couplings if swept else [0.999], SWEEP_TOLS if swept else [own], cli.log,
         )  # fmt: skip
         sweep_rows += rows if swept else []
         exact_rows += [r for r in rows if r["coupling"] == 0.999 and (r["rtol"], r["atol"]) == own]
@@ -512,7 +509,7 @@ def main(argv=None) -> str:
     print(f"total {total:.0f} s")
     if args.out:
         Path(args.out).write_text(report)
-        log(f"wrote {args.out}")
+        cli.log(f"wrote {args.out}")
     return report
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
 import time
 import warnings
 
@@ -161,8 +160,8 @@ def main(argv=None):
     out = []
     for case in cases:
         problem = PROBLEMS[case](quick=args.quick)
-        print(f"### {problem.title}", file=sys.stderr, flush=True)
-        rows = probe_case(problem, methods, args.compiles, lambda s: print(s, file=sys.stderr))
+        cli.log(f"### {problem.title}")
+        rows = probe_case(problem, methods, args.compiles, cli.log)
         text = f"### {problem.title}\n\nSeconds: medians of {args.compiles} compilations.\n\n"
         text += table(rows) + "\n"
         print(text, flush=True)

@@ -222,7 +222,7 @@ def problem_counts(problem, label: str) -> dict:
     runs.append((SEMINORM, PIDController(), ode_jax.ContinuousAdjoint(seminorm=True)))
     for c, controller, adjoint in runs:
         rows[c] = count_solve(problem, ode_jax_method(adjoint, controller))
-        print(f"  {label} {c}: {rows[c]}", file=sys.stderr, flush=True)
+        cli.log(f"  {label} {c}: {rows[c]}")
     return rows
 
 

@@ -280,9 +280,6 @@ def main(argv=None):
         except ValueError as err:
             raise cli.UserError(str(err)) from None
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
     sections, checks = [], []
     for case in cases:
         if case == "train":  # (d): one ODE-Net training step, its own module
@@ -292,16 +289,16 @@ def main(argv=None):
                 repeats=args.repeats,
                 budget_s=args.budget,
                 count_nfe=args.nfe,
-                log=log,
+                log=cli.log,
             )
             print(text, flush=True)
             sections.append(text)
             checks += lines
             continue
         problem = PROBLEMS[case](quick=args.quick)
-        log(f"{problem.title}")
+        cli.log(f"{problem.title}")
         t0 = time.perf_counter()
-        runners, units, repeats, torch_threads = run_case(problem, methods, args, log)
+        runners, units, repeats, torch_threads = run_case(problem, methods, args, cli.log)
         rows = summarise(runners, units)
         unit_lines = ", ".join(
             f"{lib}: f {1e6 * f:.1f} µs, vjp {1e6 * v:.1f} µs" for lib, (f, v) in units.items()
@@ -346,7 +343,7 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(report)
-        log(f"wrote {args.out}")
+        cli.log(f"wrote {args.out}")
     return report
 
 

@@ -83,7 +83,7 @@ def rows_for(case: str, quick: bool) -> list[dict]:
         n_fwd, n_bwd = count_calls(counter, functools.partial(fwd, p.params), run_grad)
         err = rel_err(flat(kept[0]), ref)
         rows.append(dict(case=case, method=name, err=err, nfe_fwd=n_fwd, nfe_bwd=n_bwd))
-        print(f"  {case} {name}: {rows[-1]}", file=sys.stderr, flush=True)
+        cli.log(f"  {case} {name}: {rows[-1]}")
     return rows
 
 

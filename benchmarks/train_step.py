@@ -20,7 +20,6 @@ parameters restored and the momentum buffer cleared first), so every call does t
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 from collections.abc import Callable
 
@@ -439,7 +438,7 @@ def run_section(
     log=None,
 ):
     """Measure every method; returns ``(markdown section, target lines, rows)``."""
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    log = log or cli.log
     setup = Setup.make(quick)
     methods = list(methods or (*JAX_STEP_METHODS, *TORCH_STEP_METHODS))
     methods = [m for m in methods if m in JAX_STEP_METHODS + TORCH_STEP_METHODS]
