@@ -129,6 +129,7 @@ def test_sampling_inverts_the_forward_map():
     np.testing.assert_allclose(logp, logq, atol=1e-7)
 
 
+@pytest.mark.slow  # ~18 s
 def test_settings_and_per_call_overrides():
     field = nn.PlanarCNFField(2, 8, key=KEY)
     loose = nn.CNF(field, settings=ode_jax.SolveSettings(solver="dopri5", rtol=1e-3, atol=1e-3))

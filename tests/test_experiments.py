@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from experiments import spiral
 
 
@@ -24,6 +26,7 @@ def test_spiral_smoke(tmp_path, capsys):
     assert "step 3" not in capsys.readouterr().out.split("wrote")[-1]
 
 
+@pytest.mark.slow  # ~30 s
 def test_cnf_smoke(tmp_path):
     from experiments import cnf
 

@@ -111,7 +111,9 @@ def test_dense_output_local_order(name):
     assert slope > DENSE_LOCAL_ORDER[name] - 0.3
 
 
-@pytest.mark.parametrize("name", ADAPTIVE)
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "dopri8" else n for n in ADAPTIVE]
+)  # dopri8: ~17 s
 def test_stage_loop_matches_unrolled(name):
     """A method with its stages in a fori_loop takes the same steps to the same values."""
     from ode_jax._solvers import looped

@@ -96,6 +96,7 @@ def _field(key):
     return ode_jax.nn.MLPField(4, 8, 1, activation=jax.nn.elu, key=key)
 
 
+@pytest.mark.slow  # ~30 s
 def test_per_sequence_grids_match_one_by_one():
     field = _field(jax.random.key(0))
     z0 = jax.random.normal(jax.random.key(1), (3, 4))
@@ -279,6 +280,7 @@ def _copy_run(src, dst, **changes):
     return str(dst)
 
 
+@pytest.mark.slow  # ~27 s
 def test_smoke_runs_select_on_validation_and_table_reads_test_once(tmp_path, monkeypatch):
     """Training and its evaluations never build the test split; `table` scores each run's
     checkpoint kept on validation on it, one metrics.csv row per (model, n, seed)."""

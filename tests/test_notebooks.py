@@ -38,7 +38,12 @@ def test_examples_exist():
     }
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# The quickstart runs by default; the other notebooks (16-26 s each) with -m slow.
+@pytest.mark.parametrize(
+    "path",
+    [p if p.stem == "quickstart" else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_notebook_executes(path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     try:

@@ -26,7 +26,7 @@ def test_parameter_counts_match_torchdiffeq(model, params):
     assert odenet.count_params(net) == params
 
 
-@pytest.mark.parametrize("model", ["odenet", "resnet"])
+@pytest.mark.parametrize("model", [pytest.param("odenet", marks=pytest.mark.slow), "resnet"])
 def test_shapes(model):
     cfg = ODENetConfig(model=model, width=8, res_blocks=1, rtol=1e-2, atol=1e-2, conv_impl="native")
     net = odenet.make_model(cfg, jax.random.key(0))
@@ -54,6 +54,7 @@ def test_random_crop_shifts_with_zero_fill():
     assert values <= set(range(17)) and len({np.asarray(o).tobytes() for o in out}) > 1
 
 
+@pytest.mark.slow  # ~50 s on 2 cores
 def test_smoke_runs_without_a_dataset_or_a_run(tmp_path, capsys):
     """On a fresh machine, nfe_study --smoke trains a --smoke ODE-Net (on generated stand-in
     images, and says so) and runs the study on it."""

@@ -168,6 +168,7 @@ def _temp_bytes(adjoint, t1):
     return grad.lower(params, Y0).compile().memory_analysis().temp_size_in_bytes, int(steps)
 
 
+@pytest.mark.slow  # ~25 s
 def test_reversible_adjoint_memory_flat_in_number_of_steps():
     short, n_short = _temp_bytes("reversible", 10.0)
     long, n_long = _temp_bytes("reversible", 100.0)

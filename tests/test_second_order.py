@@ -36,6 +36,7 @@ def jax_style(func):
 # --- interface for any loop of run-time length -------------------------------------------------
 
 
+@pytest.mark.slow  # ~25 s; the other order-2 cases run by default
 def test_pendulum_grads_order_2():
     def pend(y, _t, m, g):
         theta, omega = y[0], y[1]
