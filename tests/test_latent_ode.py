@@ -111,7 +111,8 @@ def test_per_sequence_grids_match_one_by_one():
         np.testing.assert_allclose(union[idx[b], b], ones[b], rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("encoder", ["rnn", "odernn"])
+# rnn (~16 s) with -m slow; the ODE-RNN encoder runs by default.
+@pytest.mark.parametrize("encoder", [pytest.param("rnn", marks=pytest.mark.slow), "odernn"])
 def test_elbo_terms_match_a_per_sequence_computation(encoder):
     model = LatentODE(
         2, 4, rnn_hidden=5, field_width=6, decoder_width=6, encoder=encoder, key=jax.random.key(0)

@@ -92,7 +92,10 @@ def _robertson_y1(k, name, adjoint, t1=40.0):
 
 
 @pytest.mark.parametrize("adjoint", ["discrete", pytest.param("interpolating", marks=SLOW)])
-@pytest.mark.parametrize("name", ["kvaerno5", "rodas5", pytest.param("kvaerno3", marks=SLOW)])
+# kvaerno5 (~17 s) is checked against diffrax by default (test_robertson_gradients_match_diffrax).
+@pytest.mark.parametrize(
+    "name", [pytest.param("kvaerno5", marks=SLOW), "rodas5", pytest.param("kvaerno3", marks=SLOW)]
+)
 def test_robertson_rate_gradients_against_finite_differences(name, adjoint):
     if adjoint == "interpolating":
         adjoint = ode_jax.ContinuousAdjoint(interpolate=True)
